@@ -16,8 +16,8 @@ DEFAULT_TIMEOUT = 120.0
 
 
 @contextlib.contextmanager
-def locked(state_dir: str, key: str, timeout: float = DEFAULT_TIMEOUT):
-    """Hold `<state_dir>/.locks/<key>.lock` exclusively; wait up to `timeout` seconds."""
+def locked(state_dir: str, key: str, timeout: float = DEFAULT_TIMEOUT, shared: bool = False):
+    """Hold `<state_dir>/.locks/<key>.lock` (exclusive, or shared with other shared holders); wait up to `timeout` s."""
     lock_dir = os.path.join(state_dir, ".locks")
     ensure_dir(lock_dir)
     path = os.path.join(lock_dir, f"{key}.lock")
@@ -26,7 +26,7 @@ def locked(state_dir: str, key: str, timeout: float = DEFAULT_TIMEOUT):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:

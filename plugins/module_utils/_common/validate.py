@@ -77,7 +77,6 @@ def keyslot_id(value: object) -> str:
     """Return the keyslot id: 32 lowercase hex characters (16 random bytes)."""
     if not isinstance(value, str) or not _KEYSLOT_ID.fullmatch(value):
         raise InputError(
-            f"keyslot id must be 32 lowercase hex characters, found {_show(value)}; "
-            "copy it from the VM's keyslot.json"
+            f"keyslot id must be 32 lowercase hex characters, found {_show(value)}; copy it from the VM's keyslot.json"
         )
     return value

@@ -144,7 +144,9 @@ def encrypt_blob(
         size = len(plaintext) if isinstance(plaintext, bytes) else type(plaintext).__name__
         raise InputError(f"secret value must be bytes of at most {MAX_PLAINTEXT_LEN} bytes (16 MiB), found {size}")
     if isinstance(generation, bool) or not isinstance(generation, int) or not 1 <= generation <= MAX_GENERATION:
-        raise InputError(f"generation must be an integer from 1 to {MAX_GENERATION}, found {canonical.show(generation)}")
+        raise InputError(
+            f"generation must be an integer from 1 to {MAX_GENERATION}, found {canonical.show(generation)}"
+        )
     blob_id = os.urandom(BLOB_ID_LEN) if blob_id is None else blob_id
     nonce = os.urandom(NONCE_LEN) if nonce is None else nonce
     if len(blob_id) != BLOB_ID_LEN or len(nonce) != NONCE_LEN:

@@ -15,7 +15,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError, InputError
 
@@ -68,7 +68,7 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
 
 
 def _reject_float(text: str) -> object:
-    raise FormatError(f"number {show(text)} is not an integer (floats are not allowed)")
+    raise FormatError("a number is not an integer (floats are not allowed)")
 
 
 def _reject_constant(text: str) -> object:
@@ -105,7 +105,9 @@ def loads(data: bytes, what: str) -> dict:
     except RecursionError:
         raise FormatError(f"{what}: JSON is nested too deeply; {_REFUSE_FIX}") from None
     if again != data:
-        offset = next((i for i, (a, b) in enumerate(zip(again, data)) if a != b), min(len(again), len(data)))
+        offset = next(
+            (i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b), min(len(again), len(data))
+        )
         raise FormatError(
             f"{what}: JSON is not canonical (expected sorted keys, no whitespace, minimal escapes, "
             f"no trailing bytes; first difference at byte {offset}); {_REFUSE_FIX}"
@@ -164,7 +166,7 @@ def require_format(doc: dict, expected: str, what: str) -> None:
         elif isinstance(found, str):
             detail = f"version {show(found)}"
         else:
-            detail = f"a {_type_name(found)} instead of a version string"
+            detail = f"{_type_name(found)} instead of a version string"
         raise FormatError(
             f"{what}: unknown format, expected '{expected}', found {detail}; "
             "if a newer ironclaw.sealed wrote it, upgrade the collection on this node"
@@ -220,7 +222,11 @@ def hex_bytes(text: object, what: str, length: int | None = None) -> bytes:
     if not isinstance(text, str):
         raise FormatError(f"{what}: expected {expected}, found {_type_name(text)}")
     if not _HEX.fullmatch(text):
-        raise FormatError(f"{what}: expected {expected}, found {show(text)}; {_REFUSE_FIX}")
+        # The value is not shown: this codec may be used for key material.
+        raise FormatError(
+            f"{what}: expected {expected}, found {len(text)} characters that are not pairs of lowercase hex digits; "
+            f"{_REFUSE_FIX}"
+        )
     data = bytes.fromhex(text)
     if length is not None and len(data) != length:
         raise FormatError(f"{what}: expected {expected}, found {len(data)} bytes; {_REFUSE_FIX}")
@@ -240,10 +246,10 @@ def tpm_name(text: object, what: str) -> bytes:
 def utc_timestamp(dt: datetime | None = None) -> str:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC (seconds precision); now if no datetime is given."""
     if dt is None:
-        dt = datetime.now(timezone.utc)
+        dt = datetime.now(UTC)
     elif dt.tzinfo is None or dt.utcoffset() is None:
         raise InputError("timestamp: expected a timezone-aware datetime, found a naive one; attach a timezone")
-    dt = dt.astimezone(timezone.utc)
+    dt = dt.astimezone(UTC)
     return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}Z"
 
 
@@ -256,7 +262,7 @@ def parse_timestamp(text: object, what: str) -> datetime:
     if not match:
         raise FormatError(f"{what}: expected {expected}, found {show(text)}")
     try:
-        return datetime(*(int(part) for part in match.groups()), tzinfo=timezone.utc)
+        return datetime(*(int(part) for part in match.groups()), tzinfo=UTC)
     except ValueError:
         raise FormatError(f"{what}: expected {expected}, found an impossible date or time {show(text)}") from None
 

@@ -82,6 +82,19 @@ def _require_approval(vm: VmDir, given):
     return approval
 
 
+def _approval_differs(installed, new) -> bool:
+    """Approvals are re-signed on every run (fresh ECDSA nonce, new issued_at); what they authorize is what counts."""
+    if installed is None:
+        return True
+    return (installed.node_name, installed.epoch, installed.pcrs, installed.approved_policy, installed.key_name) != (
+        new.node_name,
+        new.epoch,
+        new.pcrs,
+        new.approved_policy,
+        new.key_name,
+    )
+
+
 def _check_pcr_cover(approval, pcrs: PcrSelection | None) -> None:
     if pcrs is None:
         return
@@ -112,8 +125,7 @@ def seal(
     approval_changed = False
     if approval is not None:
         _check_pcr_cover(approval, pcrs)
-        installed = vm.approval(required=False)
-        approval_changed = installed is None or installed.to_bytes() != approval.to_bytes()
+        approval_changed = _approval_differs(vm.approval(required=False), approval)
     before = {"keyslot": keyslot.keyslot_id if keyslot else None, "blobs": {}}
     actions = []
     if keyslot is None:
@@ -218,8 +230,7 @@ def install_approval(backend, vm: VmDir, approval, *, check_mode: bool) -> dict:
     keyslot = vm.keyslot()
     backend.check_keyslot_node(keyslot)
     backend.check_approval(keyslot, approval)
-    installed = vm.approval(required=False)
-    changed = installed is None or installed.to_bytes() != approval.to_bytes()
+    changed = _approval_differs(vm.approval(required=False), approval)
     if changed and not check_mode:
         vm.write(vm.approval_path, approval.to_bytes())
     return {"changed": changed, "epoch": approval.epoch}

@@ -1,0 +1,90 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ironclaw_policy runs entirely on the controller: policy keys never reach a node."""
+
+from __future__ import annotations
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+
+DEFAULT_CONTROLLER_DIR = "~/.local/share/ironclaw"
+
+ARGUMENT_SPEC = {
+    "state": {"type": "str", "default": "present", "choices": ["present", "approved"]},
+    "vmid": {"type": "int", "required": True},
+    "vm_uuid": {"type": "str", "required": True},
+    "controller_dir": {"type": "path", "default": DEFAULT_CONTROLLER_DIR},
+    "node": {"type": "dict"},
+    "epoch": {"type": "int"},
+    "pcrs": {"type": "dict"},
+}
+
+
+def _node_binding(node: dict, epoch_override):
+    if not node:
+        raise InputError("state=approved needs node: the ironclaw_node result (srk_name, epoch_nv_name, epoch) or record")
+    missing = [k for k in ("srk_name", "epoch_nv_name") if not node.get(k)]
+    if missing:
+        raise InputError(f"node is missing {', '.join(missing)}: is the node provisioned (ironclaw_node state=present)?")
+    epoch = epoch_override if epoch_override is not None else node.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise InputError(f"the epoch to approve must be a non-negative integer, got {epoch!r}")
+    return (
+        canonical.tpm_name(node["srk_name"], "node.srk_name"),
+        canonical.tpm_name(node["epoch_nv_name"], "node.epoch_nv_name"),
+        epoch,
+    )
+
+
+def _pcr_binding(pcrs: dict | None):
+    if not pcrs:
+        return None, None
+    if not pcrs.get("selection") or not pcrs.get("digest"):
+        raise InputError("pcrs needs selection and digest (the pcrs result of ironclaw_node)")
+    return PcrSelection.parse(pcrs["selection"]), canonical.hex_bytes(pcrs["digest"], "pcrs.digest", 32)
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        valid, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            result.update(self._run(args, self._task.check_mode))
+        except IronclawError as exc:
+            result.update(failed=True, msg=str(exc), error=type(exc).__name__)
+        return result
+
+    @staticmethod
+    def _run(args: dict, check_mode: bool) -> dict:
+        store = PolicyKeyStore(args["controller_dir"])
+        vmid, vm_uuid = args["vmid"], args["vm_uuid"]
+        changed = False
+        if not store.exists(vmid, vm_uuid):
+            changed = True
+            if check_mode:
+                return {"changed": True, "policy_key": None, "key_name": None, "msg": "would create the policy key"}
+            store.create(vmid, vm_uuid)
+        public, name = store.public(vmid, vm_uuid)
+        out = {"changed": changed, "policy_key": canonical.b64encode(public), "key_name": name.hex()}
+        if args["state"] == "approved":
+            node_name, nv_name, epoch = _node_binding(args["node"], args["epoch"])
+            selection, digest = _pcr_binding(args["pcrs"])
+            approval = sign_approval(
+                store.load(vmid, vm_uuid),
+                vmid=vmid,
+                vm_uuid=vm_uuid,
+                node_name=node_name,
+                epoch_nv_name=nv_name,
+                epoch=epoch,
+                pcrs=selection,
+                pcr_digest=digest,
+            )
+            out["approval"] = approval.to_dict()
+        return out

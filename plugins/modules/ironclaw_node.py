@@ -1,0 +1,126 @@
+#!/usr/bin/python
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: ironclaw_node
+short_description: TPM (or software backend) facts of a node, and its one-time provisioning
+version_added: 0.1.0
+description:
+  - Reports what approvals for this node are bound to: the SRK name, the epoch counter and its value, optionally PCR values.
+  - With O(state=present), provisions the node once: a persistent ECC P-256 SRK at C(0x81000001) and an epoch NV
+    counter at C(0x01c10000) (tpm2), or a node KEK and X25519 enrollment key under O(state_dir) (software).
+  - Incrementing the epoch revokes every approval signed for the node; that is done by decommission and migration.
+options:
+  state:
+    description:
+      - C(info) only reads. C(present) provisions what is missing and is a no-op on a provisioned node.
+    type: str
+    default: info
+    choices: [info, present]
+  pcrs:
+    description:
+      - PCR selection to read, for example C(sha256:0,7); the values and their digest are returned for approvals.
+      - Not available with the software backend.
+    type: str
+extends_documentation_fragment:
+  - ironclaw.sealed.node
+  - ironclaw.sealed.node.attributes
+author:
+  - ironclaw.sealed contributors
+"""
+
+EXAMPLES = r"""
+- name: Provision the node's TPM (SRK and epoch counter)
+  ironclaw.sealed.ironclaw_node:
+    state: present
+    tcti: swtpm:host=127.0.0.1,port=2321
+
+- name: Read the node facts with PCR 7
+  ironclaw.sealed.ironclaw_node:
+    pcrs: sha256:7
+  register: node
+"""
+
+RETURN = r"""
+backend:
+  description: The backend asked for.
+  returned: always
+  type: str
+  sample: tpm2
+provisioned:
+  description: Whether the node has everything it needs (after this run, outside check mode).
+  returned: always
+  type: bool
+srk_name:
+  description: Hex TPM name of the SRK (software backend, the node name); approvals are bound to it.
+  returned: when provisioned
+  type: str
+srk_public:
+  description: Base64 TPM2B_PUBLIC of the SRK (software backend, the X25519 enrollment public key).
+  returned: when provisioned
+  type: str
+epoch:
+  description: Current value of the node's epoch counter (software backend, the KEK version).
+  returned: when provisioned
+  type: int
+epoch_nv_index:
+  description: NV index of the epoch counter, hex.
+  returned: when provisioned with the tpm2 backend
+  type: str
+epoch_nv_name:
+  description: Hex TPM name of the epoch counter (software backend, a derived name).
+  returned: when provisioned
+  type: str
+pcrs:
+  description: The PCR selection, values (hex, keyed C(bank:index)) and their SHA-256 digest.
+  returned: when O(pcrs) is set
+  type: dict
+missing:
+  description: What provisioning would create.
+  returned: always
+  type: list
+  elements: str
+actions:
+  description: What this run did (or would do in check mode).
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors, node_options
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
+from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
+
+
+def main():
+    spec = node_options(vm=False)
+    spec.update(state={"type": "str", "default": "info", "choices": ["info", "present"]}, pcrs={"type": "str"})
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    p = module.params
+    with failing_on_errors(module):
+        pcrs = PcrSelection.parse(p["pcrs"]) if p["pcrs"] else None
+        actions = []
+        with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend:
+            if p["state"] == "present":
+                actions = backend.plan_provision()
+                if actions and not module.check_mode:
+                    ensure_dir(p["state_dir"], 0o700)
+                    with locked(p["state_dir"], "node", p["lock_timeout"]):
+                        actions = backend.provision()
+            facts = backend.facts(pcrs).to_result()
+    module.exit_json(
+        changed=bool(actions),
+        actions=actions,
+        diff={"before": {"missing": facts["missing"]}, "after": {"missing": [] if actions else facts["missing"]}},
+        **facts,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+#!/usr/bin/python
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: ironclaw_policy
+short_description: Per-VM policy keys and signed unseal approvals, on the controller
+version_added: 0.1.0
+description:
+  - Runs on the controller only (an action plugin); private keys never reach a node.
+  - Each VM has an ECDSA P-256 policy key under O(controller_dir)C(/policy-keys/) (0600). A keyslot's TPM object can
+    only be used under a policy that key signed, with policyRef C(ironclaw:vm:<vm_uuid>).
+  - O(state=approved) signs an unseal approval for one VM on one node at one epoch, optionally at PCR values;
+    PolicyCommandCode(Unseal), PolicySecret(node SRK), PolicyNV(epoch == e) and optionally PolicyPCR.
+    Bumping the node's epoch revokes it; a new PCR approval after a firmware update needs no re-seal.
+options:
+  state:
+    description:
+      - C(present) makes sure the VM has a policy key and returns its public part.
+      - C(approved) does the same and signs an unseal approval.
+    type: str
+    default: present
+    choices: [present, approved]
+  vmid:
+    description: Proxmox VMID of the VM.
+    type: int
+    required: true
+  vm_uuid:
+    description: The VM's uuid.
+    type: str
+    required: true
+  controller_dir:
+    description: Where the controller keeps keys, trust root and store.
+    type: path
+    default: ~/.local/share/ironclaw
+  node:
+    description:
+      - With O(state=approved), the node to approve, the result of M(ironclaw.sealed.ironclaw_node) or an enrolled node
+        record, its C(srk_name), C(epoch_nv_name) and C(epoch) are used.
+    type: dict
+  epoch:
+    description: Approve this epoch instead of the node's current one.
+    type: int
+  pcrs:
+    description:
+      - Bind the approval to PCR values, the C(pcrs) result of M(ironclaw.sealed.ironclaw_node) (C(selection) and
+        C(digest)). Reading them from the node trusts the node at signing time; pass expected values to avoid that.
+    type: dict
+attributes:
+  check_mode:
+    description: Can run in check mode; a missing key is reported, not created.
+    support: full
+  diff_mode:
+    description: Nothing to diff.
+    support: none
+  idempotent:
+    description: Creates the key once; signing changes nothing.
+    support: full
+  action:
+    description: Runs as an action plugin on the controller.
+    support: full
+author:
+  - ironclaw.sealed contributors
+"""
+
+EXAMPLES = r"""
+- name: Sign an unseal approval for VM 100 on this node
+  ironclaw.sealed.ironclaw_policy:
+    state: approved
+    vmid: 100
+    vm_uuid: 6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f
+    node: "{{ node }}"
+  register: approval
+"""
+
+RETURN = r"""
+policy_key:
+  description: Base64 TPM2B_PUBLIC of the VM's policy key (null in check mode when it does not exist yet).
+  returned: always
+  type: str
+key_name:
+  description: Hex TPM name of the policy key.
+  returned: always
+  type: str
+approval:
+  description: The signed approval, to pass to M(ironclaw.sealed.ironclaw_seal).
+  returned: when O(state=approved)
+  type: dict
+"""

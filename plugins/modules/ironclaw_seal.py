@@ -1,0 +1,221 @@
+#!/usr/bin/python
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: ironclaw_seal
+short_description: Seal, unseal and verify a VM's secrets on a node
+version_added: 0.1.0
+description:
+  - Each VM has one keyslot, a random 32-byte VM root key (VRK) sealed in the node's TPM (or wrapped under the software
+    backend's node KEK), and one blob per secret, AES-256-GCM under a key derived from the VRK.
+  - TPM work is per VM, never per secret, sealing N secrets costs one TPM2_Create and unsealing one policy session.
+  - Unsealing needs an approval signed by the VM's policy key on the controller (M(ironclaw.sealed.ironclaw_policy)),
+    bound to this node's SRK and epoch, optionally to PCR values.
+  - Plaintext and hashes of it are never returned or logged.
+options:
+  state:
+    description:
+      - C(sealed) creates the keyslot if absent and makes each listed secret's blob hold exactly its content.
+        Secrets not listed are left alone. An unchanged secret is not rewritten (compared by decrypting, in constant
+        time); a changed one is re-sealed with generation + 1.
+      - C(unsealed) writes each secret to C(dest/<name>), mode 0600, where the content differs.
+      - C(verified) test-unseals every blob in memory and fails, naming the blobs, when any does not verify.
+      - C(approved) checks an approval against the keyslot and node and installs it as C(approval.json).
+    type: str
+    required: true
+    choices: [sealed, unsealed, verified, approved]
+  secrets:
+    description:
+      - With O(state=sealed), the secrets. Give exactly one of O(secrets[].src), O(secrets[].content),
+        O(secrets[].content_base64).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Secret name, C([A-Za-z0-9][A-Za-z0-9._-]{0,127}); the blob is C(<state_dir>/<vmid>/<name>.sealed).
+        type: str
+        required: true
+      src:
+        description: A file on the node to read the secret from.
+        type: path
+      content:
+        description: The secret as text (UTF-8).
+        type: str
+      content_base64:
+        description: The secret as base64, for binary secrets.
+        type: str
+  policy:
+    description:
+      - The keyslot policy, a dict V({migratable: true, pcrs: "sha256:0,7"}) or the string V(migratable=true;pcrs=sha256:0,7).
+      - O(policy.migratable=false) keyslots can never leave this TPM. It is fixed when the keyslot is created.
+      - O(policy.pcrs) requires the approval to bind those PCRs.
+    type: raw
+  policy_key:
+    description:
+      - The VM's policy public key (base64 TPM2B_PUBLIC, from M(ironclaw.sealed.ironclaw_policy)). Needed to create the
+        keyslot; later it must match the keyslot's key.
+    type: str
+  approval:
+    description:
+      - An unseal approval from M(ironclaw.sealed.ironclaw_policy) (its RV(ironclaw.sealed.ironclaw_policy#module:approval)
+        dict). With O(state=sealed) or O(state=approved) it is installed; otherwise the installed C(approval.json) is used.
+    type: dict
+  dest:
+    description: With O(state=unsealed), the directory (created 0700 if missing) that receives C(<name>) files.
+    type: path
+  names:
+    description: With O(state=unsealed), only these secrets.
+    type: list
+    elements: str
+extends_documentation_fragment:
+  - ironclaw.sealed.node
+  - ironclaw.sealed.node.vm
+  - ironclaw.sealed.node.attributes
+notes:
+  - Two runs on the same VM are serialized by a lock under O(state_dir).
+  - Pass secrets with O(secrets[].content) from a C(no_log) task, or as files in a private temporary directory.
+author:
+  - ironclaw.sealed contributors
+"""
+
+EXAMPLES = r"""
+- name: Seal two secrets for VM 100
+  ironclaw.sealed.ironclaw_seal:
+    state: sealed
+    vmid: 100
+    vm_uuid: 6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f
+    policy: migratable=true
+    policy_key: "{{ policy.policy_key }}"
+    approval: "{{ approval.approval }}"
+    secrets:
+      - name: master-key
+        src: /run/ironclaw-tmp/master-key
+      - name: api-token
+        content: "{{ vault_api_token }}"
+  no_log: true
+
+- name: Check every secret of VM 100 still unseals
+  ironclaw.sealed.ironclaw_seal:
+    state: verified
+    vmid: 100
+    vm_uuid: 6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f
+"""
+
+RETURN = r"""
+keyslot:
+  description: The keyslot id and whether it was created.
+  returned: when O(state=sealed)
+  type: dict
+  sample: {keyslot_id: 3f1e0c6d2b8a4f5e9d7c6b5a4f3e2d1c, action: created, migratable: true}
+blobs:
+  description:
+    - With O(state=sealed), per secret its C(name), C(generation) and C(action) (C(created), C(resealed), C(unchanged)).
+    - With O(state=verified), per blob its C(name), C(ok), C(generation), C(size) and the C(error) when not ok.
+  returned: when O(state=sealed) or O(state=verified)
+  type: list
+  elements: dict
+failed_blobs:
+  description: Names of blobs that did not verify.
+  returned: when O(state=verified)
+  type: list
+  elements: str
+files:
+  description: Per secret its C(name), C(path) and C(action) (C(written) or C(unchanged)).
+  returned: when O(state=unsealed)
+  type: list
+  elements: dict
+epoch:
+  description: The epoch of the installed approval.
+  returned: when O(state=approved)
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import (
+    failing_on_errors,
+    node_options,
+    vm_locks,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import approval_from_dict
+from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+
+SECRET_OPTIONS = {
+    "name": {"type": "str", "required": True},
+    "src": {"type": "path"},
+    "content": {"type": "str", "no_log": True},
+    "content_base64": {"type": "str", "no_log": True},
+}
+
+
+def run(module) -> dict:
+    p = module.params
+    vm = VmDir(p["state_dir"], p["vmid"], p["vm_uuid"])
+    approval = approval_from_dict(p["approval"], "approval") if p["approval"] is not None else None
+    state = p["state"]
+    if state == "sealed" and not p["secrets"]:
+        raise InputError("state=sealed needs secrets: a list of {name, src | content | content_base64}")
+    if state == "unsealed" and not p["dest"]:
+        raise InputError("state=unsealed needs dest: the directory that receives the secrets")
+    if state == "approved" and approval is None:
+        raise InputError("state=approved needs approval (from ironclaw_policy)")
+    policy = parse_policy(p["policy"])
+    secrets = engine.load_secrets(p["secrets"]) if state == "sealed" else None
+    key = canonical.b64decode(p["policy_key"], "policy_key") if p["policy_key"] else None
+    with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend, vm_locks(p):
+        if state == "sealed":
+            if key is None and vm.keyslot(required=False) is None and module.check_mode:
+                names = [s.name for s in secrets]
+                return {"changed": True, "keyslot": {"action": "created"}, "blobs": [{"name": n, "action": "created"} for n in names]}
+            return engine.seal(
+                backend,
+                vm,
+                secrets,
+                migratable=policy.migratable,
+                pcrs=policy.pcrs,
+                policy_key_public=key,
+                approval=approval,
+                check_mode=module.check_mode,
+            )
+        if state == "approved":
+            return engine.install_approval(backend, vm, approval, check_mode=module.check_mode)
+        if state == "unsealed":
+            return engine.unseal_to(
+                backend, vm, p["dest"], names=p["names"], approval=approval, check_mode=module.check_mode
+            )
+        result = engine.verify(backend, vm, approval)
+        result = {"changed": False, "blobs": result["blobs"], "failed_blobs": result["failed"]}
+        if result["failed_blobs"]:
+            details = "; ".join(b["error"] for b in result["blobs"] if not b["ok"])
+            module.fail_json(msg=f"VM {vm.vmid}: {len(result['failed_blobs'])} blob(s) did not verify: {details}", **result)
+        if not result["blobs"]:
+            module.fail_json(msg=f"VM {vm.vmid} has a keyslot but no sealed secrets to verify", **result)
+        return result
+
+
+def main():
+    spec = node_options()
+    spec.update(
+        state={"type": "str", "required": True, "choices": ["sealed", "unsealed", "verified", "approved"]},
+        secrets={"type": "list", "elements": "dict", "options": SECRET_OPTIONS},
+        policy={"type": "raw"},
+        policy_key={"type": "str"},
+        approval={"type": "dict"},
+        dest={"type": "path"},
+        names={"type": "list", "elements": "str"},
+    )
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    with failing_on_errors(module):
+        result = run(module)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
