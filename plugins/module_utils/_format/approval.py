@@ -11,17 +11,15 @@ and that the policy matches.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError, InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import policy_ref
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 
 APPROVAL_FORMAT = "ironclaw-approval/1"
-PCR_BANKS = ("sha1", "sha256", "sha384", "sha512")
-PCR_MAX_INDEX = 23
 MAX_EPOCH = 2**64 - 1  # TPM NV counters are 64-bit
 DIGEST_LEN = 32
 SCALAR_LEN = 32  # ECDSA P-256 r and s, big-endian, fixed width
@@ -41,20 +39,17 @@ _FIELDS = {
 }
 _PCR_FIELDS = {"selection": str, "digest": str}
 _SIGNATURE_FIELDS = {"r": str, "s": str}
-_SELECTION = re.compile(r"([a-z0-9]+):((?:0|[1-9][0-9]?)(?:,(?:0|[1-9][0-9]?))*)")
 
 
-def parse_pcr_selection(text: str, what: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``<bank>:<i>,<j>,...`` (indices 0..23, ascending, no duplicates) into (bank, indices)."""
-    expected = f"'<bank>:<indices>' like 'sha256:0,7' (bank one of {', '.join(PCR_BANKS)}; indices 0-{PCR_MAX_INDEX}"
-    expected += ", ascending, no duplicates)"
-    match = _SELECTION.fullmatch(text) if isinstance(text, str) else None
-    if not match or match.group(1) not in PCR_BANKS:
-        raise FormatError(f"{what}: expected a PCR selection {expected}, found {canonical.show(text)}")
-    indices = tuple(int(part) for part in match.group(2).split(","))
-    if any(index > PCR_MAX_INDEX for index in indices) or list(indices) != sorted(set(indices)):
-        raise FormatError(f"{what}: expected a PCR selection {expected}, found {canonical.show(text)}")
-    return match.group(1), indices
+def parse_pcr_selection(text: str, what: str) -> PcrSelection:
+    """A PCR selection in its canonical text form (the one PcrSelection prints), else FormatError."""
+    try:
+        selection = PcrSelection.parse(text)
+    except InputError as exc:
+        raise FormatError(f"{what}: {exc}") from exc
+    if str(selection) != text:
+        raise FormatError(f"{what}: PCR selection {canonical.show(text)} is not canonical, expected '{selection}'")
+    return selection
 
 
 @dataclass(frozen=True)

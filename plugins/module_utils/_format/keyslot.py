@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.digest import policy_ref_for
 
 KEYSLOT_FORMAT = "ironclaw-keyslot/1"
 BACKEND_TPM2 = "tpm2"
@@ -45,7 +46,7 @@ _SEALED_FIELDS = {
 
 def policy_ref(vm_uuid: str) -> str:
     """The PolicyAuthorize policyRef that binds approvals to one VM."""
-    return f"ironclaw:vm:{validate.vm_uuid(vm_uuid)}"
+    return policy_ref_for(validate.vm_uuid(vm_uuid)).decode("ascii")
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,8 @@ def check_approval(
             "the approval's signed policy is not the unseal policy for this node, epoch and PCRs "
             "(made for another node, epoch-counter or template?)"
         )
-    policy_ref = pd.policy_ref_for(vm_uuid)
-    if approval.policy_ref != policy_ref.decode():
-        raise PolicyError(f"the approval's policyRef is {approval.policy_ref!r}, expected {policy_ref.decode()!r}")
-    check_signature(key_public, approval.approved_policy, policy_ref, approval.signature_r, approval.signature_s)
+    # The format already insists that policy_ref is "ironclaw:vm:<vm_uuid>".
+    check_signature(
+        key_public, approval.approved_policy, pd.policy_ref_for(vm_uuid), approval.signature_r, approval.signature_s
+    )
     return selection
