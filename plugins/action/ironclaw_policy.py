@@ -67,10 +67,9 @@ class ActionModule(ActionBase):
         vmid, vm_uuid = args["vmid"], args["vm_uuid"]
         changed = False
         if not store.exists(vmid, vm_uuid):
-            changed = True
             if check_mode:
                 return {"changed": True, "policy_key": None, "key_name": None, "msg": "would create the policy key"}
-            store.create(vmid, vm_uuid)
+            changed = store.create(vmid, vm_uuid)
         public, name = store.public(vmid, vm_uuid)
         out = {"changed": changed, "policy_key": canonical.b64encode(public), "key_name": name.hex()}
         if args["state"] == "approved":

@@ -169,7 +169,7 @@ def run(module) -> dict:
     policy = parse_policy(p["policy"])
     secrets = engine.load_secrets(p["secrets"]) if state == "sealed" else None
     key = canonical.b64decode(p["policy_key"], "policy_key") if p["policy_key"] else None
-    with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend, vm_locks(p):
+    with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend, vm_locks(p, module.check_mode):
         if state == "sealed":
             if key is None and vm.keyslot(required=False) is None and module.check_mode:
                 names = [s.name for s in secrets]

@@ -235,6 +235,31 @@ def test_approval_with_tampered_signature_is_refused(swtpm, tmp_path, keys):
             slot.unseal_in_tpm_only(bad)
 
 
+def test_keyslot_with_swapped_policy_key_is_refused_by_the_tpm(swtpm, tmp_path, keys):
+    """keyslot.json rewritten to trust the attacker's key, with the attacker's approval: the TPM says no."""
+    import dataclasses
+
+    with provisioned(swtpm, tmp_path) as backend:
+        slot = Slot(backend, keys)
+        attacker_public, attacker_name = keys.public(*OTHER_VM)
+        slot.keyslot = dataclasses.replace(slot.keyslot, policy_key_public=attacker_public, policy_key_name=attacker_name)
+        forged = sign_approval(
+            keys.load(*OTHER_VM),
+            vmid=VM[0],
+            vm_uuid=VM[1],
+            node_name=backend.facts().node_name,
+            epoch_nv_name=backend.facts().epoch_nv_name,
+            epoch=backend.facts().epoch,
+        )
+        with pytest.raises(PolicyError, match="keyslot.json was altered"):
+            slot.unseal(forged)
+        # PolicyAuthorize accepts the attacker's signature; Unseal then finds the session's policy is not
+        # the object's authPolicy.
+        with pytest.raises(TpmError, match="unsealing the VM root key: the TPM refused"):
+            slot.unseal_in_tpm_only(forged)
+        assert transient_handles(backend.node) == []
+
+
 @pytest.mark.parametrize("migratable", [True, False])
 def test_migratable_flag_controls_fixed_attributes(swtpm, tmp_path, keys, migratable):
     with provisioned(swtpm, tmp_path) as backend:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 from ansible.module_utils.basic import env_fallback
 
@@ -38,8 +39,15 @@ def failing_on_errors(module):
 
 
 @contextlib.contextmanager
-def vm_locks(params):
-    """Shared node lock (an epoch bump takes it exclusively) + exclusive lock on the VM."""
+def vm_locks(params, check_mode: bool = False):
+    """Shared node lock (an epoch bump takes it exclusively) + exclusive lock on the VM.
+
+    A check-mode run on a node with no state directory yet has nothing to race
+    on, and must not create one.
+    """
+    if check_mode and not os.path.isdir(params["state_dir"]):
+        yield
+        return
     with locked(params["state_dir"], "node", params["lock_timeout"], shared=True):
         with locked(params["state_dir"], f"vm-{params['vmid']}", params["lock_timeout"]):
             yield

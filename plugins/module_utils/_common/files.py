@@ -30,7 +30,11 @@ def ensure_dir(path: str, mode: int = 0o700) -> bool:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             ensure_dir(parent, mode)
-        os.mkdir(path, mode)
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            # Another run created it in the meantime: check what it is, below.
+            return ensure_dir(path, mode)
         os.chmod(path, mode)
         fsync_dir(parent)
         return True
@@ -39,8 +43,12 @@ def ensure_dir(path: str, mode: int = 0o700) -> bool:
     return False
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Temp file in the same directory, fsync, rename over the target, fsync the directory."""
+def write_atomic(path: str, data: bytes, mode: int = 0o600, exclusive: bool = False) -> None:
+    """Temp file in the same directory, fsync, rename over the target, fsync the directory.
+
+    With `exclusive`, the target must not exist (FileExistsError otherwise): the
+    temp file is hard-linked into place, which never replaces a file.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.islink(path):
         raise InputError(f"{path} is a symlink; refusing to replace it")
@@ -51,7 +59,11 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -85,11 +85,19 @@ class TpmBackend(_Backend):
         return Tpm2Sealed(public=public, private=private)
 
     def unseal(self, keyslot, approval) -> bytes:
-        from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.keyslot import unseal_vrk  # noqa: PLC0415
+        from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.keyslot import (  # noqa: PLC0415
+            auth_policy,
+            unseal_vrk,
+        )
 
         self.check_keyslot_node(keyslot)
         # epoch=None: the TPM's PolicyNV compares it, which spares an NV read on the good path.
         selection = self.check_approval(keyslot, approval, epoch=None)
+        if auth_policy(keyslot.sealed.public) != pd.authorize(keyslot.policy_key_name, pd.policy_ref_for(keyslot.vm_uuid)):
+            raise PolicyError(
+                f"VM {keyslot.vmid}'s keyslot.json names a policy key (or VM) that its TPM object was not sealed to: "
+                "keyslot.json was altered; restore an intact copy"
+            )
         return unseal_vrk(
             self.node,
             public=keyslot.sealed.public,

@@ -41,15 +41,24 @@ class PolicyKeyStore:
     def exists(self, vmid: int, vm_uuid: str) -> bool:
         return os.path.lexists(self.path(vmid, vm_uuid))
 
-    def create(self, vmid: int, vm_uuid: str) -> None:
+    def create(self, vmid: int, vm_uuid: str) -> bool:
+        """Create the VM's key unless it exists; True if this call created it.
+
+        Two runs for one VM may get here at once: the file is created exclusively,
+        never replaced, so both go on with the one key that a keyslot may trust.
+        """
         ensure_dir(self.controller_dir, 0o700)
         ensure_dir(self.dir, 0o700)
         path = self.path(vmid, vm_uuid)
         if os.path.lexists(path):
-            raise InputError(f"policy key {path} already exists; refusing to replace it")
+            return False
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        write_atomic(path, pem, 0o600)
+        try:
+            write_atomic(path, pem, 0o600, exclusive=True)
+        except FileExistsError:
+            return False
+        return True
 
     def load(self, vmid: int, vm_uuid: str) -> ec.EllipticCurvePrivateKey:
         path = self.path(vmid, vm_uuid)

@@ -282,7 +282,8 @@ def unseal_to(backend, vm: VmDir, dest: str, *, names=None, approval=None, check
     bad = [(n, e) for n, _h, _p, e in opened if e]
     if bad:
         raise InputError(f"not unsealing: {'; '.join(e for _n, e in bad)}")
-    results, changed = [], False
+    # Check every destination before writing any, so a refusal leaves dest as it was.
+    results, writes = [], []
     for name, _header, plaintext, _e in opened:
         path = os.path.join(dest, name)
         same = False
@@ -292,8 +293,9 @@ def unseal_to(backend, vm: VmDir, dest: str, *, names=None, approval=None, check
             same = hmac.compare_digest(read_regular(path, f"{path}"), plaintext) and (os.stat(path).st_mode & 0o777) == 0o600
         results.append({"name": name, "path": path, "action": "unchanged" if same else "written"})
         if not same:
-            changed = True
-            if not check_mode:
-                ensure_dir(dest, 0o700)
-                write_atomic(path, plaintext, 0o600)
-    return {"changed": changed, "files": results}
+            writes.append((path, plaintext))
+    if writes and not check_mode:
+        ensure_dir(dest, 0o700)
+        for path, plaintext in writes:
+            write_atomic(path, plaintext, 0o600)
+    return {"changed": bool(writes), "files": results}

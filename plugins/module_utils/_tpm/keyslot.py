@@ -58,6 +58,12 @@ def object_attributes(public: bytes) -> int:
     return int(pub.publicArea.objectAttributes)
 
 
+def auth_policy(public: bytes) -> bytes:
+    """The authPolicy the TPM object was created with (integrity-protected by the TPM)."""
+    pub, _ = _unmarshal(pytss(), public, "TPM2B_PUBLIC", "keyslot public area")
+    return bytes(pub.publicArea.authPolicy)
+
+
 def _unmarshal(t, data: bytes, typename: str, what: str):
     cls = getattr(t, typename)
     try:
