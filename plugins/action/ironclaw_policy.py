@@ -7,9 +7,11 @@ from __future__ import annotations
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
 
 DEFAULT_CONTROLLER_DIR = "~/.local/share/ironclaw"
 
@@ -21,15 +23,20 @@ ARGUMENT_SPEC = {
     "node": {"type": "dict"},
     "epoch": {"type": "int"},
     "pcrs": {"type": "dict"},
+    "policy": {"type": "raw"},
 }
 
 
 def _node_binding(node: dict, epoch_override):
     if not node:
-        raise InputError("state=approved needs node: the ironclaw_node result (srk_name, epoch_nv_name, epoch) or record")
+        raise InputError(
+            "state=approved needs node: the ironclaw_node result (srk_name, epoch_nv_name, epoch) or record"
+        )
     missing = [k for k in ("srk_name", "epoch_nv_name") if not node.get(k)]
     if missing:
-        raise InputError(f"node is missing {', '.join(missing)}: is the node provisioned (ironclaw_node state=present)?")
+        raise InputError(
+            f"node is missing {', '.join(missing)}: is the node provisioned (ironclaw_node state=present)?"
+        )
     epoch = epoch_override if epoch_override is not None else node.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise InputError(f"the epoch to approve must be a non-negative integer, got {epoch!r}")
@@ -54,7 +61,10 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        valid, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        _valid, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        if crypto_lib.missing():
+            result.update(failed=True, msg=crypto_lib.missing())
+            return result
         try:
             result.update(self._run(args, self._task.check_mode))
         except IronclawError as exc:
@@ -65,16 +75,34 @@ class ActionModule(ActionBase):
     def _run(args: dict, check_mode: bool) -> dict:
         store = PolicyKeyStore(args["controller_dir"])
         vmid, vm_uuid = args["vmid"], args["vm_uuid"]
+        store.path(vmid, vm_uuid)  # validates vmid and uuid before anything happens
+        spec = parse_policy(args["policy"])
         changed = False
         if not store.exists(vmid, vm_uuid):
             if check_mode:
-                return {"changed": True, "policy_key": None, "key_name": None, "msg": "would create the policy key"}
+                return {
+                    "changed": True,
+                    "policy_key": None,
+                    "key_name": None,
+                    "policy": spec.to_dict(),
+                    "msg": "would create the policy key",
+                }
             changed = store.create(vmid, vm_uuid)
         public, name = store.public(vmid, vm_uuid)
-        out = {"changed": changed, "policy_key": canonical.b64encode(public), "key_name": name.hex()}
+        out = {
+            "changed": changed,
+            "policy_key": canonical.b64encode(public),
+            "key_name": name.hex(),
+            "policy": spec.to_dict(),
+        }
         if args["state"] == "approved":
             node_name, nv_name, epoch = _node_binding(args["node"], args["epoch"])
             selection, digest = _pcr_binding(args["pcrs"])
+            if spec.pcrs is not None and selection != spec.pcrs:
+                raise InputError(
+                    f"the policy binds PCRs {spec.pcrs}, but pcrs gives {selection or 'none'}: pass the node's "
+                    f"pcrs result for that selection (ironclaw_node pcrs={spec.pcrs})"
+                )
             approval = sign_approval(
                 store.load(vmid, vm_uuid),
                 vmid=vmid,

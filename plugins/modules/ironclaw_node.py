@@ -8,17 +8,18 @@ module: ironclaw_node
 short_description: TPM (or software backend) facts of a node, and its one-time provisioning
 version_added: 0.1.0
 description:
-  - Reports what approvals for this node are bound to: the SRK name, the epoch counter and its value, optionally PCR values.
-  - With O(state=present), provisions the node once: a persistent ECC P-256 SRK at C(0x81000001) and an epoch NV
+  - Reports what approvals for this node are bound to, the SRK name, the epoch counter and its value,
+    optionally PCR values.
+  - With O(state=present), provisions the node once, a persistent ECC P-256 SRK at C(0x81000001) and an epoch NV
     counter at C(0x01c10000) (tpm2), or a node KEK and X25519 enrollment key under O(state_dir) (software).
   - Incrementing the epoch revokes every approval signed for the node; that is done by decommission and migration.
 options:
   state:
     description:
-      - C(info) only reads. C(present) provisions what is missing and is a no-op on a provisioned node.
+      - C(gathered) only reads. C(present) provisions what is missing and is a no-op on a provisioned node.
     type: str
-    default: info
-    choices: [info, present]
+    default: gathered
+    choices: [gathered, present]
   pcrs:
     description:
       - PCR selection to read, for example C(sha256:0,7); the values and their digest are returned for approvals.
@@ -28,7 +29,7 @@ extends_documentation_fragment:
   - ironclaw.sealed.node
   - ironclaw.sealed.node.attributes
 author:
-  - ironclaw.sealed contributors
+  - ironclaw.sealed maintainers (@ironclaw)
 """
 
 EXAMPLES = r"""
@@ -100,7 +101,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs impor
 
 def main():
     spec = node_options(vm=False)
-    spec.update(state={"type": "str", "default": "info", "choices": ["info", "present"]}, pcrs={"type": "str"})
+    spec.update(state={"type": "str", "default": "gathered", "choices": ["gathered", "present"]}, pcrs={"type": "str"})
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     with failing_on_errors(module):

@@ -42,6 +42,13 @@ options:
   epoch:
     description: Approve this epoch instead of the node's current one.
     type: int
+  policy:
+    description:
+      - The keyslot policy, a dict such as C(migratable=true) and C(pcrs=sha256:7), or the string
+        V(migratable=true;pcrs=sha256:7), checked with the same rules as on the node and returned normalized
+        as RV(policy).
+      - When it names PCRs, O(pcrs) must bind exactly that selection.
+    type: raw
   pcrs:
     description:
       - Bind the approval to PCR values, the C(pcrs) result of M(ironclaw.sealed.ironclaw_node) (C(selection) and
@@ -61,7 +68,7 @@ attributes:
     description: Runs as an action plugin on the controller.
     support: full
 author:
-  - ironclaw.sealed contributors
+  - ironclaw.sealed maintainers (@ironclaw)
 """
 
 EXAMPLES = r"""
@@ -83,6 +90,11 @@ key_name:
   description: Hex TPM name of the policy key.
   returned: always
   type: str
+policy:
+  description: The normalized policy, C(migratable) and C(pcrs) (null when none).
+  returned: always
+  type: dict
+  sample: {migratable: true, pcrs: "sha256:7"}
 approval:
   description: The signed approval, to pass to M(ironclaw.sealed.ironclaw_seal).
   returned: when O(state=approved)

@@ -48,9 +48,10 @@ options:
         type: str
   policy:
     description:
-      - The keyslot policy, a dict V({migratable: true, pcrs: "sha256:0,7"}) or the string V(migratable=true;pcrs=sha256:0,7).
-      - O(policy.migratable=false) keyslots can never leave this TPM. It is fixed when the keyslot is created.
-      - O(policy.pcrs) requires the approval to bind those PCRs.
+      - The keyslot policy, a dict with keys C(migratable) and C(pcrs), or the string
+        V(migratable=true;pcrs=sha256:0,7).
+      - C(migratable=false) keyslots can never leave this TPM. It is fixed when the keyslot is created.
+      - C(pcrs) requires the approval to bind those PCRs.
     type: raw
   policy_key:
     description:
@@ -59,8 +60,9 @@ options:
     type: str
   approval:
     description:
-      - An unseal approval from M(ironclaw.sealed.ironclaw_policy) (its RV(ironclaw.sealed.ironclaw_policy#module:approval)
-        dict). With O(state=sealed) or O(state=approved) it is installed; otherwise the installed C(approval.json) is used.
+      - An unseal approval from M(ironclaw.sealed.ironclaw_policy), its
+        RV(ironclaw.sealed.ironclaw_policy#module:approval) dict.
+      - With O(state=sealed) or O(state=approved) it is installed; otherwise the installed C(approval.json) is used.
     type: dict
   dest:
     description: With O(state=unsealed), the directory (created 0700 if missing) that receives C(<name>) files.
@@ -77,7 +79,7 @@ notes:
   - Two runs on the same VM are serialized by a lock under O(state_dir).
   - Pass secrets with O(secrets[].content) from a C(no_log) task, or as files in a private temporary directory.
 author:
-  - ironclaw.sealed contributors
+  - ironclaw.sealed maintainers (@ironclaw)
 """
 
 EXAMPLES = r"""
@@ -169,11 +171,18 @@ def run(module) -> dict:
     policy = parse_policy(p["policy"])
     secrets = engine.load_secrets(p["secrets"]) if state == "sealed" else None
     key = canonical.b64decode(p["policy_key"], "policy_key") if p["policy_key"] else None
-    with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend, vm_locks(p, module.check_mode):
+    with (
+        open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend,
+        vm_locks(p, module.check_mode),
+    ):
         if state == "sealed":
             if key is None and vm.keyslot(required=False) is None and module.check_mode:
                 names = [s.name for s in secrets]
-                return {"changed": True, "keyslot": {"action": "created"}, "blobs": [{"name": n, "action": "created"} for n in names]}
+                return {
+                    "changed": True,
+                    "keyslot": {"action": "created"},
+                    "blobs": [{"name": n, "action": "created"} for n in names],
+                }
             return engine.seal(
                 backend,
                 vm,
@@ -194,7 +203,9 @@ def run(module) -> dict:
         result = {"changed": False, "blobs": result["blobs"], "failed_blobs": result["failed"]}
         if result["failed_blobs"]:
             details = "; ".join(b["error"] for b in result["blobs"] if not b["ok"])
-            module.fail_json(msg=f"VM {vm.vmid}: {len(result['failed_blobs'])} blob(s) did not verify: {details}", **result)
+            module.fail_json(
+                msg=f"VM {vm.vmid}: {len(result['failed_blobs'])} blob(s) did not verify: {details}", **result
+            )
         if not result["blobs"]:
             module.fail_json(msg=f"VM {vm.vmid} has a keyslot but no sealed secrets to verify", **result)
         return result
@@ -204,9 +215,10 @@ def main():
     spec = node_options()
     spec.update(
         state={"type": "str", "required": True, "choices": ["sealed", "unsealed", "verified", "approved"]},
-        secrets={"type": "list", "elements": "dict", "options": SECRET_OPTIONS},
+        # The list itself is not secret (names, paths); its content fields are no_log.
+        secrets={"type": "list", "elements": "dict", "options": SECRET_OPTIONS, "no_log": False},
         policy={"type": "raw"},
-        policy_key={"type": "str"},
+        policy_key={"type": "str", "no_log": False},  # a public key
         approval={"type": "dict"},
         dest={"type": "path"},
         names={"type": "list", "elements": "str"},

@@ -47,7 +47,8 @@ SECRETS = {"a": b"alpha", "big": BIG, "c": b""}
 BACKENDS = [pytest.param("tpm2", marks=pytest.mark.swtpm), "software"]
 
 
-def secrets(values: dict[str, bytes] = SECRETS) -> list[engine.Secret]:
+def secrets(values: dict[str, bytes] | None = None) -> list[engine.Secret]:
+    values = SECRETS if values is None else values
     return [engine.Secret(name, data) for name, data in values.items()]
 
 
@@ -108,7 +109,7 @@ class Node:
             epoch=facts.epoch,
         )
 
-    def seal(self, values=SECRETS, vmid=VMID, uuid=UUID, *, check_mode=False, backend=None, approval=None):
+    def seal(self, values=None, vmid=VMID, uuid=UUID, *, check_mode=False, backend=None, approval=None):
         key_public, _name = self.keys.public(vmid, uuid)
         return engine.seal(
             backend or self.backend,

@@ -171,14 +171,14 @@ def test_restart_is_a_reboot(swtpm):
 
 @pytest.mark.swtpm
 def test_stop_leaves_no_process_and_close_removes_state():
-    tpm = Swtpm()
-    pid, root = tpm.pid, tpm.root
-    assert pid_exists(pid) and tpm.running
-    tpm.stop()
-    assert not tpm.running and not pid_exists(pid)
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", tpm.port), timeout=1).close()
-    tpm.close()
+    with Swtpm() as tpm:
+        pid, root = tpm.pid, tpm.root
+        assert pid_exists(pid) and tpm.running
+        tpm.stop()
+        assert not tpm.running and not pid_exists(pid)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", tpm.port), timeout=1).close()
+        assert root.exists()
     assert not root.exists()
 
 

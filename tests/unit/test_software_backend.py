@@ -203,7 +203,7 @@ def test_untouched_software_keyslot_unwraps_to_the_vrk_of_its_blobs(backend, sta
     backend.provision()
     vm = seal(backend, keys, state_dir)
     keyslot = vm.keyslot()
-    vrk = sw_keyslot.unwrap_vrk(backend.node.kek(1), keyslot.sealed.wrapped, **sw_keyslot.binding_of(keyslot))
+    vrk = sw_keyslot.unwrap_vrk(backend.node.kek(1), keyslot.sealed.wrapped, sw_keyslot.binding_of(keyslot))
     assert decrypt_blob(vrk, vm.read_blob("a"), "a") == b"alpha"
 
 
@@ -225,7 +225,7 @@ def test_changed_binding_of_a_software_keyslot_does_not_unwrap(backend, state_di
     altered = dataclasses.replace(keyslot, **{field: value})
     assert sw_keyslot.binding_of(altered)[field] == value
     with pytest.raises(VerificationError, match="failed to unwrap: the integrity check did not pass"):
-        sw_keyslot.unwrap_vrk(backend.node.kek(1), keyslot.sealed.wrapped, **sw_keyslot.binding_of(altered))
+        sw_keyslot.unwrap_vrk(backend.node.kek(1), keyslot.sealed.wrapped, sw_keyslot.binding_of(altered))
 
 
 def test_keyslot_with_migratable_flipped_does_not_unseal(backend, state_dir, keys):

@@ -192,7 +192,11 @@ def test_policy_secret_with_another_nodes_srk_is_refused(swtpm_pair, tmp_path):
         b_public, _name, _q = b.ctx.read_public(b.srk())
         foreign = a.ctx.load_external(b_public, hierarchy=t.ESYS_TR.OWNER)
         sess = a.ctx.start_auth_session(
-            t.ESYS_TR.NONE, t.ESYS_TR.NONE, t.TPM2_SE.POLICY, t.TPMT_SYM_DEF(algorithm=t.TPM2_ALG.NULL), t.TPM2_ALG.SHA256
+            t.ESYS_TR.NONE,
+            t.ESYS_TR.NONE,
+            t.TPM2_SE.POLICY,
+            t.TPMT_SYM_DEF(algorithm=t.TPM2_ALG.NULL),
+            t.TPM2_ALG.SHA256,
         )
         try:
             a.ctx.policy_command_code(sess, t.TPM2_CC.Unseal)
@@ -242,7 +246,9 @@ def test_keyslot_with_swapped_policy_key_is_refused_by_the_tpm(swtpm, tmp_path, 
     with provisioned(swtpm, tmp_path) as backend:
         slot = Slot(backend, keys)
         attacker_public, attacker_name = keys.public(*OTHER_VM)
-        slot.keyslot = dataclasses.replace(slot.keyslot, policy_key_public=attacker_public, policy_key_name=attacker_name)
+        slot.keyslot = dataclasses.replace(
+            slot.keyslot, policy_key_public=attacker_public, policy_key_name=attacker_name
+        )
         forged = sign_approval(
             keys.load(*OTHER_VM),
             vmid=VM[0],
@@ -297,7 +303,7 @@ def test_unprovisioned_tpm_says_enroll(swtpm):
 
 def test_foreign_key_at_srk_handle_is_refused(swtpm):
     with TpmNode(swtpm.tcti) as node:
-        handle, *_ = node.ctx.create_primary(None, "rsa2048:aes128cfb", t.ESYS_TR.OWNER)
+        handle = node.ctx.create_primary(None, "rsa2048:aes128cfb", t.ESYS_TR.OWNER)[0]
         node.ctx.evict_control(t.ESYS_TR.OWNER, handle, 0x81000001)
         node.ctx.flush_context(handle)
     with TpmNode(swtpm.tcti) as node:

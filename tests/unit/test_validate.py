@@ -14,7 +14,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 def test_vmid_accepts_the_range_as_int_or_decimal_string(value, expected):
     result = validate.vmid(value)
     assert result == expected
-    assert type(result) is int
+    assert isinstance(result, int) and not isinstance(result, bool)
 
 
 @pytest.mark.parametrize("value", [99, 1_000_000_000, 0, -100, "99", "1000000000"])

@@ -11,6 +11,7 @@ from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import IronclawError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import DEFAULT_TIMEOUT, locked
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
 
 DEFAULT_STATE_DIR = "/var/lib/ironclaw"
 
@@ -32,6 +33,8 @@ def node_options(vm: bool = True) -> dict:
 @contextlib.contextmanager
 def failing_on_errors(module):
     """The one place where collection errors become fail_json (messages never hold secret bytes)."""
+    if crypto_lib.missing():
+        module.fail_json(msg=crypto_lib.missing())
     try:
         yield
     except IronclawError as exc:

@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import AESGCM, InvalidTag
 
 KEY_LEN = 32
 NONCE_LEN = 12

@@ -4,8 +4,7 @@
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import HKDF, hashes
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:

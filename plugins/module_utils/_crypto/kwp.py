@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.keywrap import (
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import (
     InvalidUnwrap,
     aes_key_unwrap_with_padding,
     aes_key_wrap_with_padding,
 )
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
 
 KEK_LENGTHS = (16, 24, 32)
 

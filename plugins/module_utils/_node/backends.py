@@ -10,7 +10,11 @@ import os
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, PolicyError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import read_regular, write_atomic
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import SoftwareSealed, Tpm2Sealed, parse_keyslot
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import (
+    SoftwareSealed,
+    Tpm2Sealed,
+    parse_keyslot,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.verify import check_approval
 from ansible_collections.ironclaw.sealed.plugins.module_utils._software import keyslot as sw_keyslot
@@ -45,7 +49,7 @@ class _Backend:
         return self.node.provision()
 
     def check_keyslot_node(self, keyslot) -> None:
-        node_name, _ = self.identity()
+        node_name = self.identity()[0]
         if keyslot.backend != self.backend:
             raise InputError(
                 f"VM {keyslot.vmid}'s keyslot uses backend {keyslot.backend}, but backend {self.backend} was asked for"
@@ -93,7 +97,9 @@ class TpmBackend(_Backend):
         self.check_keyslot_node(keyslot)
         # epoch=None: the TPM's PolicyNV compares it, which spares an NV read on the good path.
         selection = self.check_approval(keyslot, approval, epoch=None)
-        if auth_policy(keyslot.sealed.public) != pd.authorize(keyslot.policy_key_name, pd.policy_ref_for(keyslot.vm_uuid)):
+        if auth_policy(keyslot.sealed.public) != pd.authorize(
+            keyslot.policy_key_name, pd.policy_ref_for(keyslot.vm_uuid)
+        ):
             raise PolicyError(
                 f"VM {keyslot.vmid}'s keyslot.json names a policy key (or VM) that its TPM object was not sealed to: "
                 "keyslot.json was altered; restore an intact copy"
@@ -125,25 +131,24 @@ class SoftwareBackend(_Backend):
         return self.node.epoch()
 
     def seal(self, vrk: bytes, *, keyslot_id: str, vmid: int, vm_uuid: str, policy_key_name: bytes, migratable: bool):
-        node_name, _ = self.identity()
+        node_name = self.identity()[0]
         version = self.node.epoch()
-        wrapped = sw_keyslot.wrap_vrk(
-            self.node.kek(version),
-            vrk,
-            vmid=vmid,
-            vm_uuid=vm_uuid,
-            keyslot_id=keyslot_id,
-            policy_key_name=policy_key_name,
-            migratable=migratable,
-            node_name=node_name,
-        )
+        binding = {
+            "vmid": vmid,
+            "vm_uuid": vm_uuid,
+            "keyslot_id": keyslot_id,
+            "policy_key_name": policy_key_name,
+            "migratable": migratable,
+            "node_name": node_name,
+        }
+        wrapped = sw_keyslot.wrap_vrk(self.node.kek(version), vrk, binding)
         return SoftwareSealed(kek_version=version, wrapped=wrapped)
 
     def unseal(self, keyslot, approval) -> bytes:
         self.check_keyslot_node(keyslot)
         self.check_approval(keyslot, approval, epoch=self.node.epoch())
         kek = self.node.kek(keyslot.sealed.kek_version)
-        return sw_keyslot.unwrap_vrk(kek, keyslot.sealed.wrapped, **sw_keyslot.binding_of(keyslot))
+        return sw_keyslot.unwrap_vrk(kek, keyslot.sealed.wrapped, sw_keyslot.binding_of(keyslot))
 
     def bump_epoch(self) -> int:
         return self.node.bump_epoch(self._rewrap)
@@ -154,8 +159,8 @@ class SoftwareBackend(_Backend):
             if keyslot.backend != "software" or keyslot.sealed.kek_version == new:
                 continue
             binding = sw_keyslot.binding_of(keyslot)
-            vrk = sw_keyslot.unwrap_vrk(old_kek, keyslot.sealed.wrapped, **binding)
-            sealed = SoftwareSealed(kek_version=new, wrapped=sw_keyslot.wrap_vrk(new_kek, vrk, **binding))
+            vrk = sw_keyslot.unwrap_vrk(old_kek, keyslot.sealed.wrapped, binding)
+            sealed = SoftwareSealed(kek_version=new, wrapped=sw_keyslot.wrap_vrk(new_kek, vrk, binding))
             write_atomic(path, dataclasses.replace(keyslot, sealed=sealed).to_bytes())
 
 

@@ -67,7 +67,9 @@ def pcr(digest: bytes, selection: PcrSelection, pcr_digest: bytes) -> bytes:
     return _h(digest, _cc(CC_POLICY_PCR), selection.marshal(), pcr_digest)
 
 
-def duplication_select(digest: bytes, new_parent_name: bytes, object_name: bytes = b"", include_object: bool = False) -> bytes:
+def duplication_select(
+    digest: bytes, new_parent_name: bytes, object_name: bytes = b"", include_object: bool = False
+) -> bytes:
     parts = [digest, _cc(CC_POLICY_DUPLICATION_SELECT)]
     if include_object:
         parts.append(object_name)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import ec
 
 ALG_ECC = 0x0023
 ALG_SHA256 = 0x000B

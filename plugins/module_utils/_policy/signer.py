@@ -11,13 +11,20 @@ from __future__ import annotations
 import os
 import stat
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
-
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, PolicyError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir, read_regular, write_atomic
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
+    ensure_dir,
+    read_regular,
+    write_atomic,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import (
+    Prehashed,
+    decode_dss_signature,
+    ec,
+    hashes,
+    serialization,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import Approval, PcrBinding
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
@@ -53,7 +60,9 @@ class PolicyKeyStore:
         if os.path.lexists(path):
             return False
         key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         try:
             write_atomic(path, pem, 0o600, exclusive=True)
         except FileExistsError:

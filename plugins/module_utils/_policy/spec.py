@@ -52,7 +52,9 @@ def parse_policy(value) -> PolicySpec:
     elif isinstance(value, dict):
         items, where = dict(value), "dict"
     else:
-        raise InputError(f"policy must be a dict or a string like 'migratable=true;pcrs=sha256:7', got {type(value).__name__}")
+        raise InputError(
+            f"policy must be a dict or a string like 'migratable=true;pcrs=sha256:7', got {type(value).__name__}"
+        )
     unknown = sorted(set(items) - set(_KEYS))
     if unknown:
         raise InputError(f"policy {where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(_KEYS)}")

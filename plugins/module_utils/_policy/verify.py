@@ -9,12 +9,14 @@ command, and the TPM enforces the same rules again.
 
 from __future__ import annotations
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
-
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import PolicyError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import (
+    InvalidSignature,
+    Prehashed,
+    ec,
+    encode_dss_signature,
+    hashes,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.keyname import parse_policy_key_public
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
@@ -26,7 +28,9 @@ def check_signature(key_public: bytes, approved_policy: bytes, policy_ref: bytes
     try:
         key.verify(signature, pd.approval_hash(approved_policy, policy_ref), ec.ECDSA(Prehashed(hashes.SHA256())))
     except InvalidSignature as exc:
-        raise PolicyError("the approval's signature is not valid for this VM's policy key (tampered or forged)") from exc
+        raise PolicyError(
+            "the approval's signature is not valid for this VM's policy key (tampered or forged)"
+        ) from exc
 
 
 def check_approval(
@@ -46,9 +50,7 @@ def check_approval(
     avoid an NV read on the good path).
     """
     if approval.vmid != vmid or approval.vm_uuid != vm_uuid:
-        raise PolicyError(
-            f"the approval is for VM {approval.vmid} ({approval.vm_uuid}), not VM {vmid} ({vm_uuid})"
-        )
+        raise PolicyError(f"the approval is for VM {approval.vmid} ({approval.vm_uuid}), not VM {vmid} ({vm_uuid})")
     if approval.key_name != key_name:
         raise PolicyError(
             f"the approval was signed by policy key {approval.key_name.hex()[:16]}…, but this keyslot trusts "

@@ -131,7 +131,8 @@ def seal(
     if keyslot is None:
         if key_name is None:
             raise InputError(
-                f"VM {vm.vmid} has no keyslot on this node yet: policy_key (from ironclaw_policy) is required to create one"
+                f"VM {vm.vmid} has no keyslot on this node yet: "
+                "policy_key (from ironclaw_policy) is required to create one"
             )
         keyslot_id = os.urandom(16).hex()
         vrk = None
@@ -147,8 +148,9 @@ def seal(
             )
         if keyslot.migratable != migratable:
             raise InputError(
-                f"VM {vm.vmid}'s keyslot was created with migratable={str(keyslot.migratable).lower()}; the policy asks "
-                f"for migratable={str(migratable).lower()}. That cannot change in place: destroy and re-provision the VM"
+                f"VM {vm.vmid}'s keyslot was created with migratable={str(keyslot.migratable).lower()}; "
+                f"the policy asks for migratable={str(migratable).lower()}. "
+                "That cannot change in place: destroy and re-provision the VM"
             )
         keyslot_id = keyslot.keyslot_id
         approval = _require_approval(vm, approval)
@@ -182,9 +184,14 @@ def seal(
         if keyslot is None:
             vrk = os.urandom(VRK_SIZE)
             sealed = backend.seal(
-                vrk, keyslot_id=keyslot_id, vmid=vm.vmid, vm_uuid=vm.vm_uuid, policy_key_name=key_name, migratable=migratable
+                vrk,
+                keyslot_id=keyslot_id,
+                vmid=vm.vmid,
+                vm_uuid=vm.vm_uuid,
+                policy_key_name=key_name,
+                migratable=migratable,
             )
-            node_name, _ = backend.identity()
+            node_name = backend.identity()[0]
             keyslot = Keyslot(
                 vmid=vm.vmid,
                 vm_uuid=vm.vm_uuid,
@@ -245,7 +252,9 @@ def open_all(backend, vm: VmDir, approval=None, names: list[str] | None = None):
     if names is not None:
         missing = sorted(set(names) - set(present))
         if missing:
-            raise InputError(f"VM {vm.vmid} has no sealed secret named {', '.join(missing)} (it has: {', '.join(present)})")
+            raise InputError(
+                f"VM {vm.vmid} has no sealed secret named {', '.join(missing)} (it has: {', '.join(present)})"
+            )
         present = [n for n in present if n in set(names)]
     for name in present:
         what = f"blob '{name}' of VM {vm.vmid}"
@@ -290,7 +299,10 @@ def unseal_to(backend, vm: VmDir, dest: str, *, names=None, approval=None, check
         if os.path.lexists(path):
             if os.path.islink(path) or not os.path.isfile(path):
                 raise InputError(f"{path} exists and is not a regular file; refusing to replace it")
-            same = hmac.compare_digest(read_regular(path, f"{path}"), plaintext) and (os.stat(path).st_mode & 0o777) == 0o600
+            same = (
+                hmac.compare_digest(read_regular(path, f"{path}"), plaintext)
+                and (os.stat(path).st_mode & 0o777) == 0o600
+            )
         results.append({"name": name, "path": path, "action": "unchanged" if same else "written"})
         if not same:
             writes.append((path, plaintext))

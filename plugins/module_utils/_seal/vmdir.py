@@ -9,7 +9,11 @@ import stat
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir, read_regular, write_atomic
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
+    ensure_dir,
+    read_regular,
+    write_atomic,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import parse_approval
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.blob import parse_blob
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import parse_keyslot
@@ -90,4 +94,3 @@ class VmDir:
     def write(self, path: str, data: bytes) -> None:
         self.ensure()
         write_atomic(path, data, 0o600)
-

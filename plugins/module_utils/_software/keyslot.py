@@ -15,28 +15,28 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.hkdf impor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 
 
-def _wrapping_key(kek: bytes, *, vmid, vm_uuid, keyslot_id, policy_key_name, migratable, node_name) -> bytes:
-    binding = canonical.dumps(
+def _wrapping_key(kek: bytes, binding: dict) -> bytes:
+    info = canonical.dumps(
         {
             "format": "ironclaw-software-keyslot-binding/1",
-            "vmid": vmid,
-            "vm_uuid": vm_uuid,
-            "keyslot_id": keyslot_id,
-            "policy_key_name": policy_key_name.hex(),
-            "migratable": migratable,
-            "node": node_name.hex(),
+            "vmid": binding["vmid"],
+            "vm_uuid": binding["vm_uuid"],
+            "keyslot_id": binding["keyslot_id"],
+            "policy_key_name": binding["policy_key_name"].hex(),
+            "migratable": binding["migratable"],
+            "node": binding["node_name"].hex(),
         }
     )
-    return hkdf_sha256(kek, bytes.fromhex(keyslot_id), binding)
+    return hkdf_sha256(kek, bytes.fromhex(binding["keyslot_id"]), info)
 
 
-def wrap_vrk(kek: bytes, vrk: bytes, **binding) -> bytes:
-    return kwp.wrap(_wrapping_key(kek, **binding), vrk)
+def wrap_vrk(kek: bytes, vrk: bytes, binding: dict) -> bytes:
+    return kwp.wrap(_wrapping_key(kek, binding), vrk)
 
 
-def unwrap_vrk(kek: bytes, wrapped: bytes, **binding) -> bytes:
+def unwrap_vrk(kek: bytes, wrapped: bytes, binding: dict) -> bytes:
     return kwp.unwrap(
-        _wrapping_key(kek, **binding),
+        _wrapping_key(kek, binding),
         wrapped,
         "the software keyslot (wrong node KEK, or keyslot.json altered: VM, policy key or node changed)",
     )

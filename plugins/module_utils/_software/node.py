@@ -15,9 +15,6 @@ import hashlib
 import os
 import struct
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import BackendError, InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
     ensure_dir,
@@ -25,6 +22,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files impo
     remove_file,
     write_atomic,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import X25519PrivateKey, serialization
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.facts import NodeFacts
 
@@ -88,7 +86,11 @@ class SoftwareNode:
         return self._doc
 
     def _write_doc(self, kek_version: int, enrollment_public: bytes) -> None:
-        doc = {"format": FORMAT, "kek_version": kek_version, "enrollment_public": canonical.b64encode(enrollment_public)}
+        doc = {
+            "format": FORMAT,
+            "kek_version": kek_version,
+            "enrollment_public": canonical.b64encode(enrollment_public),
+        }
         write_atomic(self._doc_path, canonical.dumps(doc))
         self._doc = None
 
@@ -117,7 +119,9 @@ class SoftwareNode:
         if doc is None:
             return [f"create the software node state (KEK version 1, X25519 enrollment key) in {self.dir}"]
         if not os.path.exists(self._kek_path(doc["kek_version"])):
-            raise BackendError(f"software node state in {self.dir} names KEK version {doc['kek_version']}, which is missing")
+            raise BackendError(
+                f"software node state in {self.dir} names KEK version {doc['kek_version']}, which is missing"
+            )
         return []
 
     def provision(self) -> list[str]:

@@ -44,8 +44,12 @@ def seal_vrk(node: TpmNode, vrk: bytes, auth_policy: bytes, migratable: bool) ->
     try:
         with tpm_errors("sealing the VM root key"):
             sess = _encrypting_session(node, t.TPM2_SE.HMAC, t.TPMA_SESSION.DECRYPT)
-            private, public, *_ = node.ctx.create(
-                srk, sensitive, templates.keyslot_public(auth_policy, migratable), session1=t.ESYS_TR.PASSWORD, session2=sess
+            private, public, *_creation = node.ctx.create(
+                srk,
+                sensitive,
+                templates.keyslot_public(auth_policy, migratable),
+                session1=t.ESYS_TR.PASSWORD,
+                session2=sess,
             )
     finally:
         _flush(node, sess)
@@ -54,13 +58,13 @@ def seal_vrk(node: TpmNode, vrk: bytes, auth_policy: bytes, migratable: bool) ->
 
 def object_attributes(public: bytes) -> int:
     """TPMA_OBJECT of a marshaled keyslot public area (for tests and checks)."""
-    pub, _ = _unmarshal(pytss(), public, "TPM2B_PUBLIC", "keyslot public area")
+    pub = _unmarshal(pytss(), public, "TPM2B_PUBLIC", "keyslot public area")
     return int(pub.publicArea.objectAttributes)
 
 
 def auth_policy(public: bytes) -> bytes:
     """The authPolicy the TPM object was created with (integrity-protected by the TPM)."""
-    pub, _ = _unmarshal(pytss(), public, "TPM2B_PUBLIC", "keyslot public area")
+    pub = _unmarshal(pytss(), public, "TPM2B_PUBLIC", "keyslot public area")
     return bytes(pub.publicArea.authPolicy)
 
 
@@ -72,7 +76,7 @@ def _unmarshal(t, data: bytes, typename: str, what: str):
         raise PolicyError(f"{what}: not a valid {typename}: {exc}") from exc
     if used != len(data):
         raise PolicyError(f"{what}: {len(data) - used} trailing bytes after the {typename}")
-    return obj, used
+    return obj
 
 
 def _signature(node: TpmNode, r: bytes, s: bytes):
@@ -107,9 +111,9 @@ def unseal_vrk(
     t = node.t
     srk = node.srk()
     nv = node.epoch_nv()
-    pub, _ = _unmarshal(t, public, "TPM2B_PUBLIC", "keyslot public area")
-    priv, _ = _unmarshal(t, private, "TPM2B_PRIVATE", "keyslot private area")
-    key_pub, _ = _unmarshal(t, key_public, "TPM2B_PUBLIC", "policy key")
+    pub = _unmarshal(t, public, "TPM2B_PUBLIC", "keyslot public area")
+    priv = _unmarshal(t, private, "TPM2B_PRIVATE", "keyslot private area")
+    key_pub = _unmarshal(t, key_public, "TPM2B_PUBLIC", "policy key")
     a_hash = pd.approval_hash(approved_policy, policy_ref)
     key = obj = sess = None
     try:

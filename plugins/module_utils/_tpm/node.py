@@ -98,7 +98,8 @@ class TpmNode:
         attrs = pub.nvPublic.attributes & ~t.TPMA_NV.WRITTEN
         if attrs != expected.attributes or pub.nvPublic.dataSize != expected.dataSize:
             raise BackendError(
-                f"NV index 0x{templates.EPOCH_NV_INDEX:08x} on '{self.tcti}' exists but is not an ironclaw epoch counter "
+                f"NV index 0x{templates.EPOCH_NV_INDEX:08x} on '{self.tcti}' exists "
+                "but is not an ironclaw epoch counter "
                 f"(attributes 0x{int(pub.nvPublic.attributes):08x}); another tool owns it"
             )
         if not pub.nvPublic.attributes & t.TPMA_NV.WRITTEN:
@@ -144,7 +145,7 @@ class TpmNode:
         done = []
         if self.srk(required=False) is None:
             with tpm_errors("creating the SRK", "is the owner hierarchy password set? ironclaw expects it empty"):
-                handle, _pub, *_ = self.ctx.create_primary(None, templates.srk_public(), t.ESYS_TR.OWNER)
+                handle, *_created = self.ctx.create_primary(None, templates.srk_public(), t.ESYS_TR.OWNER)
                 try:
                     self._srk = self.ctx.evict_control(t.ESYS_TR.OWNER, handle, templates.SRK_HANDLE)
                 finally:
@@ -152,7 +153,9 @@ class TpmNode:
             done.append(f"created the SRK at 0x{templates.SRK_HANDLE:08x}")
         nv = self._lookup(templates.EPOCH_NV_INDEX)
         if nv is None:
-            with tpm_errors("defining the epoch counter", "is the owner hierarchy password set? ironclaw expects it empty"):
+            with tpm_errors(
+                "defining the epoch counter", "is the owner hierarchy password set? ironclaw expects it empty"
+            ):
                 nv = self.ctx.nv_define_space(b"", templates.epoch_nv_public(), auth_handle=t.ESYS_TR.OWNER)
             done.append(f"defined the epoch counter at NV 0x{templates.EPOCH_NV_INDEX:08x}")
         pub, _name = self.ctx.nv_read_public(nv)
@@ -178,7 +181,7 @@ class TpmNode:
                 got = [bytes(d) for d in digests]
                 if len(got) != len(chunk) or any(len(d) != BANKS[bank][1] for d in got):
                     raise TpmError(f"the TPM at '{self.tcti}' has no active {bank} bank for PCRs {chunk}")
-                for i, value in zip(chunk, got):
+                for i, value in zip(chunk, got, strict=True):
                     values[f"{bank}:{i}"] = value
         return values
 

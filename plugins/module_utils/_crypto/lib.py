@@ -1,0 +1,68 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one place that imports `cryptography`.
+
+Modules report a missing library through `require()` with a clear message
+(install python3-cryptography on the node) instead of a traceback; the rest of
+module_utils imports the names from here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AESGCM",
+    "HKDF",
+    "IMPORT_ERROR",
+    "InvalidSignature",
+    "InvalidTag",
+    "InvalidUnwrap",
+    "Prehashed",
+    "X25519PrivateKey",
+    "aes_key_unwrap_with_padding",
+    "aes_key_wrap_with_padding",
+    "decode_dss_signature",
+    "ec",
+    "encode_dss_signature",
+    "hashes",
+    "missing",
+    "serialization",
+]
+
+try:
+    from cryptography.exceptions import InvalidSignature, InvalidTag
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from cryptography.hazmat.primitives.keywrap import (
+        InvalidUnwrap,
+        aes_key_unwrap_with_padding,
+        aes_key_wrap_with_padding,
+    )
+
+    IMPORT_ERROR = None
+except ImportError as exc:
+    IMPORT_ERROR = exc
+    hashes = serialization = ec = Prehashed = X25519PrivateKey = AESGCM = HKDF = None
+    decode_dss_signature = encode_dss_signature = aes_key_wrap_with_padding = aes_key_unwrap_with_padding = None
+
+    class InvalidSignature(Exception):
+        """Never raised: cryptography is missing and require() stops first."""
+
+    class InvalidTag(Exception):
+        """Never raised: cryptography is missing and require() stops first."""
+
+    class InvalidUnwrap(Exception):
+        """Never raised: cryptography is missing and require() stops first."""
+
+
+def missing() -> str | None:
+    """Why cryptography cannot be used here, or None."""
+    if IMPORT_ERROR is None:
+        return None
+    return (
+        "the Python library cryptography is missing for this interpreter (Debian: apt-get install "
+        f"python3-cryptography; elsewhere: pip install cryptography): {IMPORT_ERROR}"
+    )

@@ -1,0 +1,310 @@
+"""A lab for the integration tests: ansible-playbook runs of the collection's playbooks.
+
+A lab is a temporary directory with an inventory, a controller directory and
+secret files. Its nodes all run on localhost (``ansible_connection: local``),
+each with its own state directory, backend, TPM and python interpreter. Output
+is the default callback's text: helpers below read its PLAY RECAP, which tasks
+changed, and the JSON results it prints after ``=>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import secrets
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+COLLECTIONS = REPO / ".build" / "collections"
+PLAYBOOKS = HERE / "playbooks"
+# The venv's tools sit next to the interpreter that runs pytest (do not resolve
+# the symlink: that would leave the venv).
+VENV_BIN = Path(sys.executable).parent
+ANSIBLE_PLAYBOOK = VENV_BIN / "ansible-playbook"
+DEBIAN_PYTHON = "/usr/bin/python3"
+PLAYBOOK_TIMEOUT = 180
+
+VM_UUID = "6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f"
+BIG_SECRET_SIZE = 64 * 1024
+
+_RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+"
+    r"failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)",
+    re.MULTILINE,
+)
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP of the default callback: {host: {ok, changed, unreachable, failed, ...}}."""
+    recap = {}
+    for match in _RECAP.finditer(output):
+        counts = match.groupdict()
+        host = counts.pop("host")
+        recap[host] = {key: int(value) for key, value in counts.items()}
+    return recap
+
+
+_EVENT = re.compile(
+    r"^(?:TASK \[(?P<task>.*)\] \**$"
+    r"|(?P<status>ok|changed|fatal|skipping): \[(?P<host>[^\]\s]+)(?: -> [^\]]+)?\](?:: FAILED!)? => )",
+    re.MULTILINE,
+)
+
+
+def task_result(output: str, task: str, host: str) -> dict:
+    """The result the default callback printed for `host` in the task named `task` (role prefix dropped)."""
+    current = None
+    for match in _EVENT.finditer(output):
+        if match["task"] is not None:
+            current = match["task"].split(" : ", 1)[-1]
+        elif current == task and match["host"] == host:
+            return json.JSONDecoder().raw_decode(output, match.end())[0]
+    raise AssertionError(f"no result of task {task!r} for {host} in:\n{output[-4000:]}")
+
+
+def changed_tasks(output: str) -> list[str]:
+    """Names of the tasks that reported ``changed`` in default-callback output (role prefix dropped)."""
+    changed, task = [], None
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line[len("TASK [") : line.rindex("]")].split(" : ", 1)[-1]
+        elif line.startswith("changed: [") and task is not None:
+            changed.append(task)
+    return changed
+
+
+def blob_header(path: Path) -> dict:
+    """The JSON header of a sealed blob: 4-byte big-endian length, then the header."""
+    data = path.read_bytes()
+    (length,) = struct.unpack(">I", data[:4])
+    return json.loads(data[4 : 4 + length])
+
+
+def tree(*roots: Path) -> dict[str, tuple[int, str]]:
+    """Every file and directory under roots: path -> (mode, sha256 of a file's bytes or 'dir')."""
+    found = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            # Lock files (empty, under .locks) are taken even in check mode; they hold no state.
+            if Path(dirpath).name == ".locks":
+                filenames = [name for name in filenames if not name.endswith(".lock")]
+            for name in dirnames + filenames:
+                path = Path(dirpath, name)
+                mode = path.lstat().st_mode & 0o7777
+                digest = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+                found[str(path)] = (mode, digest)
+    return found
+
+
+def leak_markers(data: bytes) -> list[bytes]:
+    """Forms in which a secret could show up in output: the start of its base64, of its hex, of the raw bytes.
+
+    Prefixes also catch truncated output; raw bytes only from 16 bytes on, so a short needle cannot match by chance.
+    """
+    encoded = base64.b64encode(data)
+    markers = [encoded[:64], data.hex()[:64].encode()]
+    if len(data) >= 16:
+        markers.append(data[:32])
+    return markers
+
+
+@dataclasses.dataclass
+class Node:
+    name: str
+    backend: str
+    state_dir: Path
+    python: str
+    tcti: str | None = None
+    enrolled_group: bool = True
+
+    def host_vars(self) -> dict:
+        hostvars = {
+            "ironclaw_backend": self.backend,
+            "ironclaw_state_dir": str(self.state_dir),
+            "ansible_python_interpreter": self.python,
+        }
+        if self.tcti:
+            hostvars["ironclaw_tcti"] = self.tcti
+        return hostvars
+
+
+class Lab:
+    """A controller directory, nodes, secrets and an inventory in one temporary directory."""
+
+    def __init__(self, root: Path, nodes: list[Node]):
+        self.root = root
+        self.controller_dir = root / "controller"
+        self.nodes = {node.name: node for node in nodes}
+        self.inventory = root / "inventory.yml"
+        # Settings come from the environment (see command); an empty file keeps any other ansible.cfg out.
+        self.ansible_cfg = root / "ansible.cfg"
+        self.ansible_cfg.write_text("")
+        self.secret_dir = root / "secrets"
+        self.secret_dir.mkdir(mode=0o700)
+        self.big = os.urandom(BIG_SECRET_SIZE)
+        self.text = f"text-secret-{secrets.token_hex(16)}\n".encode()
+        self.inline = f"inline-secret-{secrets.token_hex(16)}"
+        self.big_path = self.secret_dir / "master-key.bin"
+        self.text_path = self.secret_dir / "db-pass.txt"
+        self.big_path.write_bytes(self.big)
+        self.text_path.write_bytes(self.text)
+        # The three secrets of a VM: name -> plaintext, and the variables file that lists them.
+        self.plaintexts = {"master-key": self.big, "db-pass": self.text, "api-token": self.inline.encode()}
+        self.secrets_file = self.write_secrets(
+            "secrets.json",
+            [
+                {"name": "master-key", "src": str(self.big_path)},
+                {"name": "db-pass", "src": str(self.text_path)},
+                {"name": "api-token", "content": self.inline},
+            ],
+        )
+        self.write_inventory()
+        # Runs that fixtures make once and several tests look at, e.g. results["enroll"].
+        self.results: dict = {}
+
+    # -- files ---------------------------------------------------------------
+    def write_inventory(self) -> None:
+        groups = {"ironclaw_nodes": {"hosts": {}}, "unenrolled": {"hosts": {}}}
+        for node in self.nodes.values():
+            group = "ironclaw_nodes" if node.enrolled_group else "unenrolled"
+            groups[group]["hosts"][node.name] = node.host_vars()
+        inventory = {
+            "all": {
+                "children": groups,
+                "vars": {
+                    "ansible_connection": "local",
+                    "ironclaw_pve": False,
+                    "ironclaw_controller_dir": str(self.controller_dir),
+                },
+            }
+        }
+        # JSON is YAML: no quoting surprises in paths.
+        self.inventory.write_text(json.dumps(inventory, indent=2))
+
+    def write_secrets(self, filename: str, items: list[dict]) -> Path:
+        path = self.root / filename
+        path.write_text(json.dumps({"ironclaw_secrets": items}, indent=2))
+        return path
+
+    def vm_dir(self, node: str, vmid: int) -> Path:
+        return self.nodes[node].state_dir / str(vmid)
+
+    def blob(self, node: str, vmid: int, name: str) -> Path:
+        return self.vm_dir(node, vmid) / f"{name}.sealed"
+
+    def policy_key(self, vmid: int, vm_uuid: str = VM_UUID) -> Path:
+        return self.controller_dir / "policy-keys" / f"vm-{vmid}-{vm_uuid}.pem"
+
+    def snapshot(self) -> dict[str, tuple[int, str]]:
+        """State of every node and the controller: compare two to prove a run changed nothing."""
+        return tree(self.controller_dir, *(node.state_dir for node in self.nodes.values()))
+
+    # -- ansible-playbook ----------------------------------------------------
+    def command(
+        self, name: str, *extra_args: str, check: bool = False, verbosity: int = 0
+    ) -> tuple[list[str], dict[str, str]]:
+        """argv and environment of an ansible-playbook run.
+
+        `name` is a playbook of the collection (``provision``) or a path to a playbook file.
+        """
+        playbook = name if name.endswith((".yml", ".yaml")) else f"ironclaw.sealed.{name}"
+        argv = [str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), playbook, *extra_args]
+        if check:
+            argv.append("--check")
+        if verbosity:
+            argv.append("-" + "v" * verbosity)
+        env = dict(os.environ)
+        # Only what this lab sets: no ansible.cfg or ANSIBLE_* of the caller.
+        for key in [k for k in env if k.startswith("ANSIBLE_")]:
+            del env[key]
+        env.update(
+            ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+            ANSIBLE_CONFIG=str(self.ansible_cfg),
+            ANSIBLE_FORCE_COLOR="0",
+            ANSIBLE_NOCOLOR="1",
+            # Results as JSON after "=> " (task_result reads them); ansible-core's own json
+            # callback moved to ansible.posix, which the controller need not have.
+            ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
+            ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
+            ANSIBLE_REMOTE_TEMP=str(self.root / "ansible-tmp"),
+            ANSIBLE_LOCALHOST_WARNING="0",
+            ANSIBLE_RETRY_FILES_ENABLED="0",
+            TSS2_LOG="all+NONE",
+        )
+        env.pop("IRONCLAW_TCTI", None)
+        return argv, env
+
+    def start(self, name: str, *extra_args: str, **options) -> subprocess.Popen:
+        argv, env = self.command(name, *extra_args, **options)
+        return subprocess.Popen(
+            argv, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def run(
+        self,
+        name: str,
+        *extra_args: str,
+        check: bool = False,
+        expect_fail: bool = False,
+        verbosity: int = 0,
+        timeout: float = PLAYBOOK_TIMEOUT,
+    ) -> subprocess.CompletedProcess:
+        proc = self.start(name, *extra_args, check=check, verbosity=verbosity)
+        return self.wait(proc, expect_fail=expect_fail, timeout=timeout)
+
+    @staticmethod
+    def wait(
+        proc: subprocess.Popen, *, expect_fail: bool = False, timeout: float = PLAYBOOK_TIMEOUT
+    ) -> subprocess.CompletedProcess:
+        """The CompletedProcess of a started run (text output, ``.recap`` parsed); checks the exit code."""
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"{proc.args} did not finish in {timeout}s:\n{_text(stdout)}\n{_text(stderr)}")
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, _text(stdout), _text(stderr))
+        shown = f"exit code {done.returncode}\n--- stdout\n{done.stdout[-8000:]}\n--- stderr\n{done.stderr[-4000:]}"
+        if expect_fail:
+            assert done.returncode != 0, f"the run should have failed:\n{shown}"
+        else:
+            assert done.returncode == 0, f"the run failed:\n{shown}"
+        done.recap = parse_recap(done.stdout)
+        return done
+
+    def vm_args(self, node: str, vmid: int, vm_uuid: str = VM_UUID, secrets_file: Path | None = None) -> list[str]:
+        """Extra vars naming the node and VM (and the secrets file, for provision)."""
+        args = ["-e", f"ironclaw_node={node}", "-e", f"ironclaw_vmid={vmid}", "-e", f"ironclaw_vm_uuid={vm_uuid}"]
+        if secrets_file is not None:
+            args += ["-e", f"@{secrets_file}"]
+        return args
+
+    def provision(self, node: str, vmid: int, secrets_file: Path | None = None, **options):
+        return self.run(
+            "provision", *self.vm_args(node, vmid, secrets_file=secrets_file or self.secrets_file), **options
+        )
+
+    def verify(self, node: str, vmid: int, **options):
+        return self.run("verify", *self.vm_args(node, vmid), **options)
+
+    def unseal(self, node: str, vmid: int, dest: Path, **options):
+        return self.run(
+            str(PLAYBOOKS / "unseal.yml"), *self.vm_args(node, vmid), "-e", f"unseal_dest={dest}", **options
+        )
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")

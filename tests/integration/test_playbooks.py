@@ -1,0 +1,383 @@
+"""The collection's playbooks end to end: init, enroll, provision, verify and unsealing.
+
+Two nodes on localhost cover both node interpreters: nodeA seals to a swtpm
+with Debian's python3-tpm2-pytss 1.2, nodeB uses the software backend with the
+PyPI releases of the test interpreter. Each scenario that changes a VM uses
+its own VMID on the module's lab, so the scenarios do not depend on each
+other's order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from playbook_rig import (
+    VM_UUID,
+    Lab,
+    Node,
+    blob_header,
+    changed_tasks,
+    leak_markers,
+    parse_recap,
+    task_result,
+)
+
+from rig.swtpm import free_port_pair
+
+pytestmark = pytest.mark.swtpm
+
+NODES = ["nodeA", "nodeB"]
+SECRET_NAMES = ["api-token", "db-pass", "master-key"]
+BLOB_FORMAT = "ironclaw-sealed-blob/1"
+NONCE_LEN = 12
+
+SEAL_TASK = "Seal the secrets"
+SIGN_TASK = "Sign an unseal approval for this node (on the controller)"
+
+VM_MAIN = 100
+VM_CHANGED = 101
+VM_TAMPERED = 102
+VM_VERBOSE = 103
+VM_CONCURRENT = 104
+VM_BAD_TCTI = 105
+VM_BAD_POLICY = 106
+VM_BAD_SRC = 107
+VM_NOT_ENROLLED = 108
+VM_BAD_UUID = 109
+VM_CHECK = 200
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(scope="module")
+def provisioned(enrolled: Lab):
+    """VM 100 provisioned and verified on both nodes; results keyed ("provision" | "verify", node)."""
+    for node in NODES:
+        enrolled.results["provision", node] = enrolled.provision(node, VM_MAIN)
+        enrolled.results["verify", node] = enrolled.verify(node, VM_MAIN)
+    return enrolled
+
+
+# -- init and enroll -------------------------------------------------------------
+
+
+def test_init_creates_private_controller_dirs(enrolled: Lab):
+    for sub in ("", "policy-keys", "store", "store/nodes"):
+        path = enrolled.controller_dir / sub
+        assert path.is_dir(), f"init did not create {path}"
+        assert mode(path) == 0o700, f"{path} is {mode(path):o}"
+    assert enrolled.results["init"].recap["localhost"]["failed"] == 0
+
+
+def test_enroll_records_each_node(enrolled: Lab):
+    recap = enrolled.results["enroll"].recap
+    assert set(recap) == {"nodeA", "nodeB"}, "enroll must run on the ironclaw_nodes group only"
+    for node, backend in (("nodeA", "tpm2"), ("nodeB", "software")):
+        assert recap[node]["changed"] >= 2, recap  # node provisioned + record written
+        record_path = enrolled.controller_dir / "store" / "nodes" / f"{node}.json"
+        assert mode(record_path) == 0o600
+        record = json.loads(record_path.read_text())
+        assert record["format"] == "ironclaw-node-record/1"
+        assert record["node"] == node
+        assert record["backend"] == backend
+        assert record["srk_name"] and record["epoch_nv_name"] and record["srk_public"]
+    assert not (enrolled.controller_dir / "store" / "nodes" / "nodeX.json").exists()
+    assert not enrolled.nodes["nodeX"].state_dir.exists()
+
+
+def test_enroll_again_changes_nothing(enrolled: Lab, run_playbook):
+    before = enrolled.snapshot()
+    second = run_playbook("enroll")
+    assert {host: counts["changed"] for host, counts in second.recap.items()} == {"nodeA": 0, "nodeB": 0}
+    assert enrolled.snapshot() == before
+
+
+# -- provision, verify, unseal ---------------------------------------------------
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_provision_seals_three_secrets_and_verify_passes(provisioned: Lab, node: str):
+    provision = provisioned.results["provision", node]
+    assert provision.recap[node]["failed"] == 0
+    # Secrets sealed; the VM's policy key is created on the controller by the first node's run only.
+    assert provision.recap[node]["changed"] == (2 if node == NODES[0] else 1), provision.stdout
+    assert provisioned.policy_key(VM_MAIN).is_file()
+    vm_dir = provisioned.vm_dir(node, VM_MAIN)
+    assert mode(vm_dir) == 0o700
+    assert sorted(p.name for p in vm_dir.iterdir()) == sorted(
+        ["keyslot.json", "approval.json"] + [f"{name}.sealed" for name in SECRET_NAMES]
+    )
+    for name in SECRET_NAMES:
+        blob = provisioned.blob(node, VM_MAIN, name)
+        assert mode(blob) == 0o600
+        header = blob_header(blob)
+        assert header["format"] == BLOB_FORMAT
+        assert (header["vmid"], header["vm_uuid"], header["name"]) == (VM_MAIN, VM_UUID, name)
+        assert header["generation"] == 1
+        assert header["length"] == len(provisioned.plaintexts[name])
+        assert provisioned.plaintexts[name][:32] not in blob.read_bytes()
+    keyslot = json.loads(provisioned.vm_dir(node, VM_MAIN).joinpath("keyslot.json").read_text())
+    assert keyslot["backend"] == ("tpm2" if node == "nodeA" else "software")
+
+    verify = provisioned.results["verify", node]
+    assert (verify.recap[node]["failed"], verify.recap[node]["changed"]) == (0, 0)
+    assert f"VM {VM_MAIN} on {node}: 3 secret(s) verified (api-token, db-pass, master-key)" in verify.stdout
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_unseal_gives_back_the_exact_bytes(provisioned: Lab, node: str, tmp_path: Path):
+    dest = tmp_path / "out"
+    result = provisioned.unseal(node, VM_MAIN, dest)
+    assert result.recap[node]["changed"] == 1
+    assert mode(dest) == 0o700
+    assert sorted(os.listdir(dest)) == SECRET_NAMES
+    for name, plaintext in provisioned.plaintexts.items():
+        assert (dest / name).read_bytes() == plaintext, f"{name} differs after unsealing on {node}"
+        assert mode(dest / name) == 0o600
+    again = provisioned.unseal(node, VM_MAIN, dest)
+    assert again.recap[node]["changed"] == 0
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_second_provision_changes_nothing(provisioned: Lab, node: str):
+    before = provisioned.snapshot()
+    second = provisioned.provision(node, VM_MAIN)
+    assert second.recap[node]["changed"] == 0, changed_tasks(second.stdout)
+    assert second.recap[node]["failed"] == 0
+    assert provisioned.snapshot() == before
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_changed_secret_reseals_only_that_blob(enrolled: Lab, node: str):
+    lab = enrolled
+    text_path = lab.root / f"db-pass-{node}.txt"
+    text_path.write_bytes(b"first value\n")
+    secrets_file = lab.write_secrets(
+        f"changing-{node}.json",
+        [
+            {"name": "master-key", "src": str(lab.big_path)},
+            {"name": "db-pass", "src": str(text_path)},
+            {"name": "api-token", "content": lab.inline},
+        ],
+    )
+    lab.provision(node, VM_CHANGED, secrets_file)
+    vm_dir = lab.vm_dir(node, VM_CHANGED)
+    before = {path.name: path.read_bytes() for path in vm_dir.iterdir()}
+
+    text_path.write_bytes(b"second value, rotated\n")
+    rerun = lab.provision(node, VM_CHANGED, secrets_file)
+    assert changed_tasks(rerun.stdout) == [SEAL_TASK], rerun.stdout
+
+    after = {path.name: path.read_bytes() for path in vm_dir.iterdir()}
+    assert sorted(after) == sorted(before)
+    assert [name for name in sorted(after) if after[name] != before[name]] == ["db-pass.sealed"]
+    assert blob_header(vm_dir / "db-pass.sealed")["generation"] == 2
+    assert blob_header(vm_dir / "master-key.sealed")["generation"] == 1
+
+    dest = lab.root / f"rotated-{node}"
+    lab.unseal(node, VM_CHANGED, dest)
+    assert (dest / "db-pass").read_bytes() == b"second value, rotated\n"
+
+
+# -- check mode ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_check_mode_on_a_fresh_vm_creates_nothing(enrolled: Lab, node: str):
+    before = enrolled.snapshot()
+    result = enrolled.provision(node, VM_CHECK, check=True)
+    assert result.recap[node]["failed"] == 0
+    assert result.recap[node]["changed"] >= 1, "check mode must report that the VM would be sealed"
+    assert not enrolled.vm_dir(node, VM_CHECK).exists()
+    assert not enrolled.policy_key(VM_CHECK).exists()
+    assert enrolled.snapshot() == before
+
+
+# -- tampering -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_verify_fails_on_a_tampered_byte_and_names_the_blob(enrolled: Lab, node: str):
+    enrolled.provision(node, VM_TAMPERED)
+    blob = enrolled.blob(node, VM_TAMPERED, "db-pass")
+    data = bytearray(blob.read_bytes())
+    header_len = int.from_bytes(data[:4], "big")
+    ciphertext_at = 4 + header_len + NONCE_LEN
+    assert len(data) > ciphertext_at + 16 + 1, "the blob has no ciphertext to tamper with"
+    data[ciphertext_at + 1] ^= 0x01
+    blob.write_bytes(bytes(data))
+
+    result = enrolled.verify(node, VM_TAMPERED, expect_fail=True)
+    assert result.recap[node]["failed"] == 1
+    verified = task_result(result.stdout, "Test-unseal every blob in memory", node)
+    assert verified["msg"].startswith(f"VM {VM_TAMPERED}: 1 blob(s) did not verify: blob 'db-pass' of VM {VM_TAMPERED}")
+    assert verified["failed_blobs"] == ["db-pass"]
+    assert {blob["name"]: blob["ok"] for blob in verified["blobs"]} == {
+        "api-token": True,
+        "db-pass": False,
+        "master-key": True,
+    }
+
+
+# -- no plaintext in output, even at -vvvv ----------------------------------------
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_verbose_runs_never_show_plaintext(enrolled: Lab, node: str, tmp_path: Path):
+    runs = {
+        "provision": enrolled.provision(node, VM_VERBOSE, verbosity=4),
+        "verify": enrolled.verify(node, VM_VERBOSE, verbosity=4),
+        "unseal": enrolled.unseal(node, VM_VERBOSE, tmp_path / "out", verbosity=4),
+    }
+    # The runs did their work: the output below is from real sealing and unsealing.
+    assert (tmp_path / "out" / "api-token").read_bytes() == enrolled.inline.encode()
+    assert "3 secret(s) verified" in runs["verify"].stdout
+    assert '"files": [' in runs["unseal"].stdout, "the unseal playbook must show the module's whole result"
+    markers = {name: leak_markers(plaintext) for name, plaintext in enrolled.plaintexts.items()}
+    markers["api-token"].append(enrolled.inline.encode())
+    markers["db-pass"].append(enrolled.text.strip())
+    for playbook, result in runs.items():
+        # -vvvv shows each module's command line: the node's own interpreter ran it.
+        assert f"<{node}> EXEC /bin/sh -c '{enrolled.nodes[node].python} " in result.stdout
+        output = (result.stdout + result.stderr).encode("utf-8", "surrogateescape")
+        for name, forms in markers.items():
+            for form in forms:
+                assert form not in output, f"{playbook} -vvvv on {node} shows secret {name!r} ({form[:12]!r}...)"
+
+
+# -- bad input: a clear message and nothing changed ---------------------------------
+
+
+def _fails_cleanly(lab: Lab, args: list[str], message: str, node: str = "nodeA"):
+    before = lab.snapshot()
+    result = lab.run("provision", *args, expect_fail=True)
+    assert result.recap[node]["failed"] == 1, result.stdout
+    assert message in result.stdout, f"expected {message!r} in:\n{result.stdout[-4000:]}"
+    assert lab.snapshot() == before, "a failed run changed files on the node or controller"
+    return result
+
+
+def test_unreachable_tpm_names_the_tcti(enrolled: Lab):
+    port = free_port_pair()  # nothing listens there
+    tcti = f"swtpm:host=127.0.0.1,port={port}"
+    args = [*enrolled.vm_args("nodeA", VM_BAD_TCTI, secrets_file=enrolled.secrets_file), "-e", f"ironclaw_tcti={tcti}"]
+    _fails_cleanly(enrolled, args, f"cannot reach the TPM at tcti '{tcti}'")
+
+
+@pytest.mark.parametrize("vmid", [99, 1000000000])
+def test_vmid_out_of_range(enrolled: Lab, vmid: int):
+    args = enrolled.vm_args("nodeA", vmid, secrets_file=enrolled.secrets_file)
+    _fails_cleanly(enrolled, args, f"VMID must be from 100 to 999999999, found {vmid}")
+
+
+def test_malformed_vm_uuid(enrolled: Lab):
+    args = enrolled.vm_args("nodeA", VM_BAD_UUID, vm_uuid="not-a-uuid", secrets_file=enrolled.secrets_file)
+    _fails_cleanly(enrolled, args, "VM uuid must be in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
+
+
+@pytest.mark.parametrize("policy", [{"migratable": True, "foo": 1}, "migratable=true;foo=1"], ids=["dict", "string"])
+def test_unknown_policy_key(enrolled: Lab, policy):
+    policy_file = enrolled.root / "policy-unknown.json"
+    policy_file.write_text(json.dumps({"ironclaw_policy": policy}))
+    args = [*enrolled.vm_args("nodeA", VM_BAD_POLICY, secrets_file=enrolled.secrets_file), "-e", f"@{policy_file}"]
+    _fails_cleanly(enrolled, args, "ironclaw_policy has unknown key(s) foo")
+
+
+def test_missing_secret_file_on_the_controller(enrolled: Lab):
+    missing = enrolled.root / "no-such-secret"
+    secrets_file = enrolled.write_secrets("missing-src.json", [{"name": "gone", "src": str(missing)}])
+    args = enrolled.vm_args("nodeA", VM_BAD_SRC, secrets_file=secrets_file)
+    _fails_cleanly(enrolled, args, str(missing))
+
+
+def test_provision_on_a_node_that_is_not_enrolled(enrolled: Lab):
+    args = enrolled.vm_args("nodeX", VM_NOT_ENROLLED, secrets_file=enrolled.secrets_file)
+    _fails_cleanly(enrolled, args, "nodeX is not enrolled", node="nodeX")
+    assert not enrolled.nodes["nodeX"].state_dir.exists()
+
+
+# -- TPM cost is per VM ------------------------------------------------------------
+
+
+def test_tpm_commands_per_vm_not_per_secret(playbook_tools, counted_swtpm, tmp_path: Path):
+    # A node of its own behind the counting proxy; the tpm2 backend on the test
+    # interpreter here (tpm2-pytss from PyPI), where nodeA covers Debian's.
+    lab = Lab(tmp_path, [Node("nodeC", "tpm2", tmp_path / "nodeC", sys.executable, tcti=counted_swtpm.tcti)])
+    lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
+    lab.run("enroll")
+    many = lab.write_secrets(
+        "sixty.json", [{"name": f"secret-{i:02d}", "content": f"value {i} {os.urandom(8).hex()}"} for i in range(60)]
+    )
+    counts = {}
+    for vmid, secrets_file in ((300, many), (301, lab.secrets_file)):
+        counted_swtpm.counter.reset()
+        lab.provision("nodeC", vmid, secrets_file)
+        counts[vmid] = counted_swtpm.counter.by_name()
+    assert len(list(lab.vm_dir("nodeC", 300).glob("*.sealed"))) == 60
+    assert len(list(lab.vm_dir("nodeC", 301).glob("*.sealed"))) == 3
+    assert sum(counts[300].values()) > 0
+    assert counts[300] == counts[301], "TPM work must not grow with the number of secrets"
+    # One keyslot created and one test-unseal per run.
+    assert counts[300].get("Create") == 1
+    assert counts[300].get("Unseal") == 1
+
+
+# -- concurrency -----------------------------------------------------------------
+
+
+def test_two_provision_runs_at_once_are_serialized(enrolled: Lab):
+    argv_args = enrolled.vm_args("nodeA", VM_CONCURRENT, secrets_file=enrolled.secrets_file)
+    procs = [enrolled.start("provision", *argv_args) for _attempt in range(2)]
+    results = [enrolled.wait(proc) for proc in procs]
+    for result in results:
+        assert result.recap["nodeA"]["failed"] == 0
+    enrolled.verify("nodeA", VM_CONCURRENT)
+    for name in SECRET_NAMES:
+        assert blob_header(enrolled.blob("nodeA", VM_CONCURRENT, name))["generation"] == 1
+    # One policy key and one sealing between them, whichever run got there first.
+    changed = [task for result in results for task in changed_tasks(result.stdout)]
+    assert sorted(changed) == [SEAL_TASK, SIGN_TASK], "\n=====\n".join(r.stdout for r in results)
+
+
+def test_parse_recap_reads_every_host():
+    text = (
+        "PLAY RECAP ****\n"
+        "nodeA   : ok=7    changed=2    unreachable=0    failed=0    skipped=1    rescued=0    ignored=0\n"
+        "nodeB   : ok=3    changed=0    unreachable=0    failed=1    skipped=0    rescued=0    ignored=0\n"
+    )
+    recap = parse_recap(text)
+    assert recap["nodeA"]["changed"] == 2 and recap["nodeA"]["skipped"] == 1
+    assert recap["nodeB"]["failed"] == 1
+
+
+def test_task_result_reads_the_printed_json():
+    text = (
+        "TASK [ironclaw.sealed.seal : Seal the secrets] ****\n"
+        "ok: [nodeB]\n"
+        'fatal: [nodeA]: FAILED! => {"changed": false, "msg": "nope ] =>"}\n'
+        "TASK [Report] ****\n"
+        'ok: [nodeA -> localhost] => {\n    "msg": "done"\n}\n'
+    )
+    assert task_result(text, "Seal the secrets", "nodeA") == {"changed": False, "msg": "nope ] =>"}
+    assert task_result(text, "Report", "nodeA") == {"msg": "done"}
+    with pytest.raises(AssertionError):
+        task_result(text, "Seal the secrets", "nodeC")
+
+
+def test_changed_tasks_drops_the_role_prefix():
+    text = (
+        "TASK [ironclaw.sealed.seal : Read the node's TPM facts] ****\n"
+        "ok: [nodeA]\n"
+        "TASK [ironclaw.sealed.seal : Seal the secrets] ****\n"
+        "changed: [nodeA]\n"
+        "TASK [Report] ****\n"
+        "changed: [nodeB] => {}\n"
+    )
+    assert changed_tasks(text) == ["Seal the secrets", "Report"]
