@@ -287,7 +287,7 @@ def test_unknown_policy_key(enrolled: Lab, policy):
     policy_file = enrolled.root / "policy-unknown.json"
     policy_file.write_text(json.dumps({"ironclaw_policy": policy}))
     args = [*enrolled.vm_args("nodeA", VM_BAD_POLICY, secrets_file=enrolled.secrets_file), "-e", f"@{policy_file}"]
-    _fails_cleanly(enrolled, args, "ironclaw_policy has unknown key(s) foo")
+    _fails_cleanly(enrolled, args, "unknown key(s) foo; known keys: migratable, pcrs")
 
 
 def test_missing_secret_file_on_the_controller(enrolled: Lab):
