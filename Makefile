@@ -37,6 +37,7 @@ $(VENV_STAMP): requirements/venv.txt
 lint: | $(VENV_STAMP)
 	ruff check plugins tests scripts
 	ruff format --check plugins tests scripts
+	antsibull-changelog lint
 	@if [ -n "$$(find roles playbooks \( -name '*.yml' -o -name '*.yaml' \) -print -quit 2>/dev/null)" ]; then \
 	  echo "ansible-lint --nocolor --profile production roles playbooks"; \
 	  ansible-lint --nocolor --profile production roles playbooks; \

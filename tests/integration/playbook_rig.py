@@ -144,6 +144,8 @@ class Lab:
     """A controller directory, nodes, secrets and an inventory in one temporary directory."""
 
     def __init__(self, root: Path, nodes: list[Node]):
+        # Where ansible finds ironclaw.sealed: the checkout, or an installed tarball.
+        self.collections_path = COLLECTIONS
         self.root = root
         self.controller_dir = root / "controller"
         self.nodes = {node.name: node for node in nodes}
@@ -230,7 +232,7 @@ class Lab:
         for key in [k for k in env if k.startswith("ANSIBLE_")]:
             del env[key]
         env.update(
-            ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+            ANSIBLE_COLLECTIONS_PATH=str(self.collections_path),
             ANSIBLE_CONFIG=str(self.ansible_cfg),
             ANSIBLE_FORCE_COLOR="0",
             ANSIBLE_NOCOLOR="1",
