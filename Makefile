@@ -16,7 +16,6 @@ PYTHON := $(VENV_BIN)/python
 DEBIAN_PYTHON := /usr/bin/python3
 VENV_STAMP := $(VENV)/.requirements.sha256
 PYTEST_TIMEOUT ?= 600
-SANITY_DIR := .build/sanity/ansible_collections/ironclaw/sealed
 
 .PHONY: test bootstrap lint sanity units integration demo clean
 
@@ -50,11 +49,14 @@ lint: | $(VENV_STAMP)
 # files with git when it finds a .git above it, and the checkout's git ignores
 # .build, so the copy gets an empty repository of its own.
 sanity: | $(VENV_STAMP)
-	rm -rf .build/sanity
-	mkdir -p $(SANITY_DIR)
-	git ls-files -z -co --exclude-standard | rsync -a --from0 --files-from=- --ignore-missing-args ./ $(SANITY_DIR)/
-	git -C $(SANITY_DIR) init -q
-	cd $(SANITY_DIR) && ansible-test sanity --python 3.11 --color no
+	@mkdir -p .build
+	@root=$$(mktemp -d "$$PWD/.build/sanity.XXXXXX"); dir=$$root/ansible_collections/ironclaw/sealed; \
+	trap 'rm -rf "$$root"' EXIT; \
+	mkdir -p "$$dir"; \
+	git ls-files -z -co --exclude-standard | rsync -a --from0 --files-from=- --ignore-missing-args ./ "$$dir"/; \
+	git -C "$$dir" init -q; \
+	echo "cd $$dir && ansible-test sanity --python 3.11 --color no"; \
+	cd "$$dir" && ansible-test sanity --python 3.11 --color no
 
 # "No tests collected" (pytest exit code 5) fails here: the unit suite is never empty.
 units: | $(VENV_STAMP)

@@ -34,7 +34,12 @@ ANSIBLE_PLAYBOOK = VENV_BIN / "ansible-playbook"
 DEBIAN_PYTHON = "/usr/bin/python3"
 PLAYBOOK_TIMEOUT = 180
 
-VM_UUID = "6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f"
+
+def vm_uuid_of(node: str, vmid: int) -> str:
+    """Each test VM has its own identity: a VM lives on one node and its uuid names its manifest chain."""
+    return f"6f1c2a4e-9b7d-4c1a-8e2f-{ord(node[-1]):04x}{vmid:08d}"
+
+
 BIG_SECRET_SIZE = 64 * 1024
 
 _RECAP = re.compile(
@@ -206,8 +211,12 @@ class Lab:
     def blob(self, node: str, vmid: int, name: str) -> Path:
         return self.vm_dir(node, vmid) / f"{name}.sealed"
 
-    def policy_key(self, vmid: int, vm_uuid: str = VM_UUID) -> Path:
-        return self.controller_dir / "policy-keys" / f"vm-{vmid}-{vm_uuid}.pem"
+    def store_chain(self, node: str, vmid: int) -> list[Path]:
+        """The manifest files of a VM in the store, oldest first."""
+        return sorted((self.controller_dir / "store" / "vms" / vm_uuid_of(node, vmid)).glob("manifest-*.json"))
+
+    def policy_key(self, node: str, vmid: int) -> Path:
+        return self.controller_dir / "policy-keys" / f"vm-{vmid}-{vm_uuid_of(node, vmid)}.pem"
 
     def snapshot(self) -> dict[str, tuple[int, str]]:
         """State of every node and the controller: compare two to prove a run changed nothing."""
@@ -287,8 +296,9 @@ class Lab:
         done.recap = parse_recap(done.stdout)
         return done
 
-    def vm_args(self, node: str, vmid: int, vm_uuid: str = VM_UUID, secrets_file: Path | None = None) -> list[str]:
+    def vm_args(self, node: str, vmid: int, vm_uuid: str | None = None, secrets_file: Path | None = None) -> list[str]:
         """Extra vars naming the node and VM (and the secrets file, for provision)."""
+        vm_uuid = vm_uuid or vm_uuid_of(node, vmid)
         args = ["-e", f"ironclaw_node={node}", "-e", f"ironclaw_vmid={vmid}", "-e", f"ironclaw_vm_uuid={vm_uuid}"]
         if secrets_file is not None:
             args += ["-e", f"@{secrets_file}"]

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from playbook_rig import (
-    VM_UUID,
     Lab,
     Node,
     blob_header,
@@ -25,6 +24,7 @@ from playbook_rig import (
     leak_markers,
     parse_recap,
     task_result,
+    vm_uuid_of,
 )
 
 from rig.swtpm import free_port_pair
@@ -38,6 +38,13 @@ NONCE_LEN = 12
 
 SEAL_TASK = "Seal the secrets"
 SIGN_TASK = "Sign an unseal approval for this node (on the controller)"
+# The manifest steps that change something when the sealed state changed.
+PUBLISH_TASKS = [
+    "Sign the next manifest version if the sealed state changed",
+    "Store the manifest (append-only, floor and fork checked)",
+    "Verify the manifest on the node and cache it there",
+]
+STORE_TASK = PUBLISH_TASKS[1]
 
 VM_MAIN = 100
 VM_CHANGED = 101
@@ -106,20 +113,21 @@ def test_enroll_again_changes_nothing(enrolled: Lab, run_playbook):
 def test_provision_seals_three_secrets_and_verify_passes(provisioned: Lab, node: str):
     provision = provisioned.results["provision", node]
     assert provision.recap[node]["failed"] == 0
-    # Secrets sealed; the VM's policy key is created on the controller by the first node's run only.
-    assert provision.recap[node]["changed"] == (2 if node == NODES[0] else 1), provision.stdout
-    assert provisioned.policy_key(VM_MAIN).is_file()
+    # The VM's policy key created on the controller, secrets sealed, manifest version 1 published.
+    expected = [SIGN_TASK, SEAL_TASK, *PUBLISH_TASKS]
+    assert sorted(changed_tasks(provision.stdout)) == sorted(expected), provision.stdout
+    assert provisioned.policy_key(node, VM_MAIN).is_file()
     vm_dir = provisioned.vm_dir(node, VM_MAIN)
     assert mode(vm_dir) == 0o700
     assert sorted(p.name for p in vm_dir.iterdir()) == sorted(
-        ["keyslot.json", "approval.json"] + [f"{name}.sealed" for name in SECRET_NAMES]
+        ["keyslot.json", "approval.json", "manifest.json"] + [f"{name}.sealed" for name in SECRET_NAMES]
     )
     for name in SECRET_NAMES:
         blob = provisioned.blob(node, VM_MAIN, name)
         assert mode(blob) == 0o600
         header = blob_header(blob)
         assert header["format"] == BLOB_FORMAT
-        assert (header["vmid"], header["vm_uuid"], header["name"]) == (VM_MAIN, VM_UUID, name)
+        assert (header["vmid"], header["vm_uuid"], header["name"]) == (VM_MAIN, vm_uuid_of(node, VM_MAIN), name)
         assert header["generation"] == 1
         assert header["length"] == len(provisioned.plaintexts[name])
         assert provisioned.plaintexts[name][:32] not in blob.read_bytes()
@@ -128,7 +136,9 @@ def test_provision_seals_three_secrets_and_verify_passes(provisioned: Lab, node:
 
     verify = provisioned.results["verify", node]
     assert (verify.recap[node]["failed"], verify.recap[node]["changed"]) == (0, 0)
-    assert f"VM {VM_MAIN} on {node}: 3 secret(s) verified (api-token, db-pass, master-key)" in verify.stdout
+    assert (
+        f"VM {VM_MAIN} on {node}: manifest v1, 3 secret(s) verified (api-token, db-pass, master-key)" in verify.stdout
+    )
 
 
 @pytest.mark.parametrize("node", NODES)
@@ -173,11 +183,12 @@ def test_changed_secret_reseals_only_that_blob(enrolled: Lab, node: str):
 
     text_path.write_bytes(b"second value, rotated\n")
     rerun = lab.provision(node, VM_CHANGED, secrets_file)
-    assert changed_tasks(rerun.stdout) == [SEAL_TASK], rerun.stdout
+    assert changed_tasks(rerun.stdout) == [SEAL_TASK, *PUBLISH_TASKS], rerun.stdout
 
     after = {path.name: path.read_bytes() for path in vm_dir.iterdir()}
     assert sorted(after) == sorted(before)
-    assert [name for name in sorted(after) if after[name] != before[name]] == ["db-pass.sealed"]
+    # The blob, and the node's cached manifest (now version 2).
+    assert [name for name in sorted(after) if after[name] != before[name]] == ["db-pass.sealed", "manifest.json"]
     assert blob_header(vm_dir / "db-pass.sealed")["generation"] == 2
     assert blob_header(vm_dir / "master-key.sealed")["generation"] == 1
 
@@ -196,7 +207,7 @@ def test_check_mode_on_a_fresh_vm_creates_nothing(enrolled: Lab, node: str):
     assert result.recap[node]["failed"] == 0
     assert result.recap[node]["changed"] >= 1, "check mode must report that the VM would be sealed"
     assert not enrolled.vm_dir(node, VM_CHECK).exists()
-    assert not enrolled.policy_key(VM_CHECK).exists()
+    assert not enrolled.policy_key(node, VM_CHECK).exists()
     assert enrolled.snapshot() == before
 
 
@@ -216,14 +227,11 @@ def test_verify_fails_on_a_tampered_byte_and_names_the_blob(enrolled: Lab, node:
 
     result = enrolled.verify(node, VM_TAMPERED, expect_fail=True)
     assert result.recap[node]["failed"] == 1
-    verified = task_result(result.stdout, "Test-unseal every blob in memory", node)
-    assert verified["msg"].startswith(f"VM {VM_TAMPERED}: 1 blob(s) did not verify: blob 'db-pass' of VM {VM_TAMPERED}")
-    assert verified["failed_blobs"] == ["db-pass"]
-    assert {blob["name"]: blob["ok"] for blob in verified["blobs"]} == {
-        "api-token": True,
-        "db-pass": False,
-        "master-key": True,
-    }
+    # The manifest rule (exact SHA-256 of every file) refuses it before anything is unsealed.
+    verified = task_result(result.stdout, "Verify the sealed state against the signed manifest, then test-unseal", node)
+    assert f"does not match manifest version 1 of VM {VM_TAMPERED}" in verified["msg"]
+    assert "blob 'db-pass' was swapped or altered" in verified["msg"]
+    assert "api-token" not in verified["msg"] and "master-key" not in verified["msg"]
 
 
 # -- no plaintext in output, even at -vvvv ----------------------------------------
@@ -341,9 +349,11 @@ def test_two_provision_runs_at_once_are_serialized(enrolled: Lab):
     enrolled.verify("nodeA", VM_CONCURRENT)
     for name in SECRET_NAMES:
         assert blob_header(enrolled.blob("nodeA", VM_CONCURRENT, name))["generation"] == 1
-    # One policy key and one sealing between them, whichever run got there first.
+    # One policy key, one sealing and one stored manifest between them, whichever run got there first.
     changed = [task for result in results for task in changed_tasks(result.stdout)]
-    assert sorted(changed) == [SEAL_TASK, SIGN_TASK], "\n=====\n".join(r.stdout for r in results)
+    shown = "\n=====\n".join(r.stdout for r in results)
+    assert changed.count(SEAL_TASK) == 1 and changed.count(SIGN_TASK) == 1 and changed.count(STORE_TASK) == 1, shown
+    assert [p.name for p in enrolled.store_chain("nodeA", VM_CONCURRENT)] == ["manifest-00000001.json"]
 
 
 def test_parse_recap_reads_every_host():

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __all__ = [
     "AESGCM",
+    "Ed25519PrivateKey",
+    "Ed25519PublicKey",
     "HKDF",
     "IMPORT_ERROR",
     "InvalidSignature",
@@ -32,6 +34,7 @@ try:
     from cryptography.exceptions import InvalidSignature, InvalidTag
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
     from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,6 +49,7 @@ try:
 except ImportError as exc:
     IMPORT_ERROR = exc
     hashes = serialization = ec = Prehashed = X25519PrivateKey = AESGCM = HKDF = None
+    Ed25519PrivateKey = Ed25519PublicKey = None
     decode_dss_signature = encode_dss_signature = aes_key_wrap_with_padding = aes_key_unwrap_with_padding = None
 
     class InvalidSignature(Exception):

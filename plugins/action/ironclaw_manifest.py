@@ -1,0 +1,157 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ironclaw_manifest: signing states run here on the controller (keys never leave it); the
+node and store states (built, stored, listed, verified) run as a module on the target host."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import (
+    CONTROLLER_STATES,
+    SPEC,
+    clock,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.issue import next_manifest
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import (
+    MANIFEST_PAYLOAD_TYPE,
+    check_statement,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import (
+    load_chain,
+    new_root,
+    rotate,
+)
+
+
+def _roots_result(roots) -> dict:
+    return {"trust_roots": [dsse.envelope_to_dict(env) for env in roots]}
+
+
+def _signing_keys(store: TrustKeyStore, now: datetime):
+    """This controller's keys, checked against its current trust root."""
+    roots = store.roots()
+    if not roots:
+        raise InputError(f"no trust root in {store.roots_dir}: run the init playbook first (ironclaw.sealed.init)")
+    root = load_chain(roots, now)
+    keys = [k for k in store.load_keys() if dsse.keyid_of(dsse.raw_public(k)) in root.keys]
+    if len(keys) < root.threshold:
+        raise InputError(
+            f"this machine holds {len(keys)} of the {root.threshold} manifest-signing keys trust root version "
+            f"{root.version} requires ({store.keys_dir}); sign where the keys are (ironclaw_signing: offline)"
+        )
+    return keys
+
+
+def trusted(args: dict, check_mode: bool) -> dict:
+    now = clock(args["now"])
+    store = TrustKeyStore(args["controller_dir"])
+    roots = store.roots()
+    expires = now + timedelta(days=args["root_expires_days"])
+    changed = False
+    if not roots:
+        if not args["create"]:
+            raise InputError(
+                f"no trust root in {store.roots_dir}: run the init playbook, or with offline signing copy the "
+                "offline machine's trust/root-*.json files there"
+            )
+        if args["threshold"] < 1 or args["threshold"] > args["keys"]:
+            raise InputError(f"threshold {args['threshold']} must be between 1 and the number of keys ({args['keys']})")
+        if check_mode:
+            return {"changed": True, "trust_roots": [], "msg": "would create the trust root"}
+        keys = store.create_keys(args["keys"])
+        envelope = new_root(keys, args["threshold"], issued_at=now, expires=expires)
+        store.save_root(envelope, dsse.envelope_to_bytes(envelope))
+        roots, changed = [envelope], True
+    elif args["rotate"]:
+        if check_mode:
+            return {"changed": True, **_roots_result(roots), "msg": "would rotate the trust root"}
+        old_keys = _signing_keys(store, now)
+        new_keys = store.create_keys(args["keys"])
+        envelope = rotate(roots[-1], old_keys, new_keys, args["threshold"], issued_at=now, expires=expires)
+        store.save_root(envelope, dsse.envelope_to_bytes(envelope))
+        store.retire(old_keys)
+        roots, changed = [*roots, envelope], True
+    root = load_chain(roots, now)
+    return {
+        "changed": changed,
+        **_roots_result(roots),
+        "trust_root": {
+            "version": root.version,
+            "threshold": root.threshold,
+            "keyids": sorted(root.keys),
+            "expires": canonical.utc_timestamp(root.expires),
+        },
+    }
+
+
+def signed(args: dict, check_mode: bool) -> dict:
+    now = clock(args["now"])
+    store = TrustKeyStore(args["controller_dir"])
+    if args["request"]:  # on the offline machine
+        if check_mode:
+            return {"changed": True, "msg": f"would sign {args['request']}"}
+        path, summary = requests.sign_request(args["request"], _signing_keys(store, now))
+        return {"changed": True, "signed": path, "summary": summary}
+    if args["statement"] is None:
+        raise InputError("state=signed needs statement (from state=built) or request (offline signing)")
+    statement = check_statement(args["statement"])
+    previous = dsse.parse_envelope(args["previous"], "previous manifest") if args["previous"] else None
+    manifest, reason = next_manifest(
+        statement, previous, now=now, expires_days=args["expires_days"], resign_days=args["resign_days"]
+    )
+    if manifest is None:
+        return {"changed": False, "envelope": args["previous"], "reason": reason}
+    out = {"changed": True, "version": manifest.version, "reason": reason}
+    if check_mode:
+        return {**out, "envelope": None}
+    if args["signing"] == "offline":
+        if not args["sign_dir"]:
+            raise InputError("ironclaw_signing offline needs sign_dir: where signing requests are exchanged")
+        envelope, path = requests.exchange(args["sign_dir"], manifest)
+        if envelope is None:
+            raise InputError(
+                f"signing request written to {path} (VM {manifest.subject.vmid}, version {manifest.version}). "
+                "Carry the directory to the offline machine, run: ansible-playbook ironclaw.sealed.sign "
+                f"-e ironclaw_sign_dir={args['sign_dir']} there, bring it back and re-run this playbook"
+            )
+        return {**out, "envelope": dsse.envelope_to_dict(envelope), "signed_by": "offline"}
+    envelope = dsse.sign(manifest.to_bytes(), MANIFEST_PAYLOAD_TYPE, _signing_keys(store, now))
+    return {**out, "envelope": dsse.envelope_to_dict(envelope), "signed_by": "controller"}
+
+
+def pending(args: dict, _check_mode: bool) -> dict:
+    if not args["sign_dir"]:
+        raise InputError("state=requests needs sign_dir")
+    return {"changed": False, "requests": requests.pending_requests(args["sign_dir"])}
+
+
+HANDLERS = {"trusted": trusted, "signed": signed, "requests": pending}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        state = self._task.args.get("state")
+        if state not in CONTROLLER_STATES:
+            # built, stored, listed, verified: the module on the target (node or store host).
+            result.update(self._execute_module(task_vars=task_vars))
+            return result
+        _valid, args = self.validate_argument_spec(argument_spec=SPEC)
+        if crypto_lib.missing():
+            result.update(failed=True, msg=crypto_lib.missing())
+            return result
+        try:
+            result.update(HANDLERS[state](args, self._task.check_mode))
+        except IronclawError as exc:
+            result.update(failed=True, msg=str(exc), error=type(exc).__name__)
+        return result

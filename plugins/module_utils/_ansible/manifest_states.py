@@ -1,0 +1,238 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ironclaw_manifest's option set and its node and store states (the controller states live in the action plugin)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import vm_locks
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.node_check import (
+    as_envelopes,
+    cache_verified,
+    verify_on_node,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import (
+    make_statement,
+    parse_manifest,
+    statement_of,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.state import describe_vm
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import ForkError, parse_ref
+from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.store import Store
+
+CONTROLLER_STATES = ("trusted", "signed", "requests")
+
+SPEC = {
+    "state": {
+        "type": "str",
+        "required": True,
+        "choices": ["trusted", "built", "signed", "requests", "stored", "listed", "verified"],
+    },
+    "vmid": {"type": "int"},
+    "vm_uuid": {"type": "str"},
+    "state_dir": {"type": "path", "default": "/var/lib/ironclaw"},
+    "tcti": {"type": "str"},
+    "backend": {"type": "str", "default": "tpm2", "choices": ["tpm2", "software"]},
+    "lock_timeout": {"type": "float", "default": 120},
+    "cluster": {"type": "str", "default": "default"},
+    "vm_ctime": {"type": "int"},
+    "node_name": {"type": "str"},
+    "controller_dir": {"type": "path", "default": "~/.local/share/ironclaw"},
+    "keys": {"type": "int", "default": 1, "no_log": False},
+    "threshold": {"type": "int", "default": 1},
+    "rotate": {"type": "bool", "default": False},
+    "create": {"type": "bool", "default": True},
+    "root_expires_days": {"type": "int", "default": 365},
+    "statement": {"type": "dict"},
+    "previous": {"type": "dict"},
+    "signing": {"type": "str", "default": "online", "choices": ["online", "offline"]},
+    "sign_dir": {"type": "path"},
+    "request": {"type": "path"},
+    "expires_days": {"type": "int", "default": 90},
+    "resign_days": {"type": "int", "default": 30},
+    "store_dir": {"type": "path"},
+    "envelope": {"type": "dict"},
+    "trust_roots": {"type": "list", "elements": "dict"},
+    "floor": {"type": "dict"},
+    "unseal": {"type": "bool", "default": True},
+    "cache": {"type": "bool", "default": True},
+    "warn_days": {"type": "int", "default": 14},
+    "now": {"type": "str"},
+}
+
+
+def clock(now: str | None) -> datetime:
+    """The clock, read once; `now` injects one."""
+    if now:
+        return canonical.parse_timestamp(now, "now")
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _need(p: dict, *names: str) -> None:
+    missing = [n for n in names if p.get(n) is None]
+    if missing:
+        raise InputError(f"state={p['state']} needs {', '.join(missing)}")
+
+
+def built(p: dict, _check_mode: bool) -> dict:
+    _need(p, "vmid", "vm_uuid", "node_name")
+    vm = VmDir(p["state_dir"], p["vmid"], p["vm_uuid"])
+    with vm_locks(p, check_mode=True):  # never describe a VM halfway through a seal
+        keyslot = vm.keyslot()
+        described = describe_vm(p["state_dir"], vm.vmid, vm.vm_uuid)
+    statement = make_statement(
+        described,
+        vmid=vm.vmid,
+        vm_uuid=vm.vm_uuid,
+        vm_ctime=p["vm_ctime"],
+        cluster=p["cluster"],
+        node_name=p["node_name"],
+        node_id=keyslot.node_name,
+    )
+    return {"changed": False, "statement": statement}
+
+
+def stored(p: dict, check_mode: bool) -> dict:
+    _need(p, "store_dir")
+    store = Store(p["store_dir"])
+    roots = as_envelopes(p["trust_roots"], "trust root")
+    envelope = dsse.parse_envelope(p["envelope"], "manifest") if p["envelope"] else None
+    if envelope is None and not roots:
+        raise InputError("state=stored needs envelope and/or trust_roots")
+    now = clock(p["now"])
+    if check_mode:
+        # Report what would be added; the checks themselves run when it is added.
+        have = store.root_envelopes() if os.path.isdir(store.trust_dir) else []
+        latest = store.latest(envelope_vm_uuid(envelope)) if envelope is not None else None
+        new_manifest = envelope is not None and (latest is None or latest[0] != envelope)
+        return {"changed": any(root not in have for root in roots) or new_manifest}
+    changed = store.init()
+    for root in roots:
+        changed |= store.put_root(root, now)
+    out = {}
+    if envelope is not None:
+        try:
+            changed |= store.put_manifest(envelope, now)
+            out["envelope"] = dsse.envelope_to_dict(envelope)
+        except ForkError:
+            out["envelope"] = dsse.envelope_to_dict(_same_state_already_stored(store, envelope))
+    return {"changed": changed, **out}
+
+
+def _same_state_already_stored(store: Store, envelope):
+    """Two runs on one VM at once sign the same next version; when both describe the same sealed
+    state, the one stored first stands for both. Different states are a real fork: refuse."""
+    manifest = parse_manifest(envelope.payload, "manifest")
+    for stored_envelope, stored_manifest in store.chain(manifest.subject.vm_uuid):
+        if stored_manifest.version == manifest.version and statement_of(stored_manifest) == statement_of(manifest):
+            return stored_envelope
+    raise ForkError(
+        f"fork: version {manifest.version} of VM {manifest.subject.vmid} was stored meanwhile with another sealed "
+        "state (two runs changed this VM at once); re-run to record the current state as the next version"
+    )
+
+
+def envelope_vm_uuid(envelope) -> str:
+    return parse_manifest(envelope.payload, "manifest").subject.vm_uuid
+
+
+def listed(p: dict, _check_mode: bool) -> dict:
+    _need(p, "store_dir")
+    store = Store(p["store_dir"])
+    if p["vm_uuid"] is None and p["vmid"] is None:
+        raise InputError("state=listed needs vm_uuid or vmid")
+    uuids = [p["vm_uuid"]] if p["vm_uuid"] else store.find(p["vmid"])
+    out = {"changed": False, "trust_roots": [dsse.envelope_to_dict(env) for env in store.root_envelopes()]}
+    if p["vm_uuid"] is None:
+        out["vms"] = [{"vm_uuid": uuid, "history": _history(store, uuid)} for uuid in uuids]
+        return out
+    latest = store.latest(p["vm_uuid"])
+    floor = store.floor(p["vm_uuid"])
+    out.update(
+        latest=dsse.envelope_to_dict(latest[0]) if latest else None,
+        floor=floor._asdict() if floor else None,
+        history=_history(store, p["vm_uuid"]),
+    )
+    return out
+
+
+def _history(store: Store, vm_uuid: str) -> list[dict]:
+    return [
+        {
+            "version": m.version,
+            "issued_at": m.issued_at,
+            "expires": m.expires,
+            "state": m.state,
+            "node": m.node.name,
+            "blobs": len(m.blobs),
+            "migration": None if m.migration is None else m.migration.__dict__,
+        }
+        for m in store.history(vm_uuid)
+    ]
+
+
+def verified(p: dict, check_mode: bool, module) -> dict:
+    _need(p, "vmid", "vm_uuid")
+    now = clock(p["now"])
+    vm = VmDir(p["state_dir"], p["vmid"], p["vm_uuid"])
+    roots = as_envelopes(p["trust_roots"], "trust root")
+    envelope = dsse.parse_envelope(p["envelope"], "manifest") if p["envelope"] else None
+    floor = parse_ref(p["floor"], "floor") if p["floor"] else None
+    with vm_locks(p, check_mode):
+        manifest, _root, envelope = verify_on_node(
+            p["state_dir"],
+            vmid=vm.vmid,
+            vm_uuid=vm.vm_uuid,
+            cluster=p["cluster"],
+            vm_ctime=p["vm_ctime"],
+            envelope=envelope,
+            offered_roots=roots,
+            floor=floor,
+            now=now,
+        )
+        out = {
+            "changed": False,
+            "manifest": {
+                "version": manifest.version,
+                "expires": manifest.expires,
+                "state": manifest.state,
+                "node": manifest.node.name,
+            },
+        }
+        left = canonical.parse_timestamp(manifest.expires, "manifest expires") - now
+        if left < timedelta(days=p["warn_days"]):
+            module.warn(
+                f"VM {vm.vmid}'s manifest version {manifest.version} expires in {left.days} days ({manifest.expires}): "
+                "re-run provision to re-issue it"
+            )
+        if p["unseal"]:
+            with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend:
+                result = engine.verify(backend, vm)
+            out["blobs"] = result["blobs"]
+            if result["failed"]:
+                details = "; ".join(b["error"] for b in result["blobs"] if not b["ok"])
+                raise InputError(f"VM {vm.vmid}: the manifest verified but blob(s) did not unseal: {details}")
+        if p["cache"] and not check_mode:
+            out["changed"] = cache_verified(p["state_dir"], vm.vmid, envelope, roots)
+    return out
+
+
+def run_state(module) -> dict:
+    p = module.params
+    state = p["state"]
+    if state in CONTROLLER_STATES:
+        raise InputError(
+            f"state={state} runs on the controller through the collection's action plugin; "
+            "call the module by its full name ironclaw.sealed.ironclaw_manifest"
+        )
+    if state == "verified":
+        return verified(p, module.check_mode, module)
+    return {"built": built, "stored": stored, "listed": listed}[state](p, module.check_mode)

@@ -1,0 +1,86 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Verification on a node: the trust roots and floor it already holds count, not only what it is sent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.cache import NodeCache
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.state import describe_vm
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import (
+    load_chain,
+    verify_history,
+    walk,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import (
+    ManifestRef,
+    ref_of,
+    verify_manifest,
+    verify_signatures,
+)
+
+
+def trusted_root(cache: NodeCache, offered: list, now: datetime):
+    """The node's cached roots are the starting point; offered roots may only move it forward.
+
+    With nothing cached, the offered chain is trusted on first use (as when a node is enrolled).
+    """
+    cached = cache.roots()
+    if cached:
+        return walk(verify_history(cached, "cached trust root"), offered, now)
+    if not offered:
+        raise InputError(
+            "this node holds no trust root and none was given: run the verify playbook from the controller"
+        )
+    return load_chain(offered, now)
+
+
+def node_floor(cache: NodeCache, vmid: int, root, given: ManifestRef | None) -> ManifestRef | None:
+    """The higher of the store's floor and the node's own newest verified manifest."""
+    cached = cache.manifest(vmid)
+    mine = ref_of(cached, verify_signatures(cached, root, "cached manifest")) if cached is not None else None
+    candidates = [ref for ref in (given, mine) if ref is not None]
+    return max(candidates, key=lambda ref: ref.version) if candidates else None
+
+
+def verify_on_node(
+    state_dir: str,
+    *,
+    vmid: int,
+    vm_uuid: str,
+    cluster: str,
+    vm_ctime: int | None,
+    envelope,
+    offered_roots: list,
+    floor: ManifestRef | None,
+    now: datetime,
+):
+    """(manifest, root, envelope) after rules 1-5 against the files under state_dir."""
+    cache = NodeCache(state_dir)
+    root = trusted_root(cache, offered_roots, now)
+    if envelope is None:
+        envelope = cache.manifest(vmid)
+        if envelope is None:
+            raise InputError(f"no manifest given for VM {vmid} and none is cached on this node")
+    manifest = verify_manifest(
+        envelope,
+        root=root,
+        now=now,
+        floor=node_floor(cache, vmid, root, floor),
+        expected={"vmid": vmid, "vm_uuid": vm_uuid, "cluster": cluster, "vm_ctime": vm_ctime},
+        actual=describe_vm(state_dir, vmid, vm_uuid),
+    )
+    return manifest, root, envelope
+
+
+def cache_verified(state_dir: str, vmid: int, envelope, offered_roots: list) -> bool:
+    cache = NodeCache(state_dir)
+    added = cache.add_roots(offered_roots)
+    return bool(added) | cache.save_manifest(vmid, envelope)
+
+
+def as_envelopes(docs, what: str) -> list:
+    return [dsse.parse_envelope(doc, f"{what} {index + 1}") for index, doc in enumerate(docs or [])]

@@ -1,0 +1,252 @@
+#!/usr/bin/python
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: ironclaw_manifest
+short_description: Signed manifests of a VM's sealed state, the trust root and the manifest store
+version_added: 0.1.0
+description:
+  - A manifest states, for one VM and one version, the SHA-256 and size of its keyslot and of every sealed blob, the
+    VM's identity (vmid, uuid, creation time, cluster) and the previous version's digest. It is a DSSE envelope signed
+    with Ed25519 keys of the trust root (m-of-n), which never reach a node.
+  - C(trusted), C(signed) and C(requests) run on the controller (or the offline signing machine).
+    C(built) and C(verified) run on the node. C(stored) and C(listed) run on the store host.
+  - Verification is fail-closed, in order, each with its own message. Signatures from a threshold of trust-root keys
+    (a key counts once), not expired and not issued in the future, version at or above the floor (same version with
+    another digest is a fork, a tombstone ends the chain), subject matches the VM, and every file matches exactly with
+    none missing or extra. Only then does anything unseal.
+options:
+  state:
+    description:
+      - C(trusted) creates the trust root and its signing keys under O(controller_dir) if absent (or rotates it).
+      - C(built) describes the VM's sealed state on the node (no secret is read).
+      - C(signed) signs the next version when the state described by O(statement) differs from O(previous) or
+        O(previous) expires within O(resign_days); with O(request), signs an offline signing request.
+      - C(requests) lists the pending offline signing requests in O(sign_dir).
+      - C(stored) appends O(envelope) to the store (version must be the floor + 1) and/or puts O(trust_roots) there.
+      - C(listed) returns a VM's chain, floor and the store's trust roots.
+      - C(verified) applies every rule on the node, optionally test-unseals, and caches the envelope and roots.
+    type: str
+    required: true
+    choices: [trusted, built, signed, requests, stored, listed, verified]
+  vmid:
+    description: Proxmox VMID (C(built), C(verified), C(listed)).
+    type: int
+  vm_uuid:
+    description: The VM's uuid (C(built), C(verified), C(listed)).
+    type: str
+  state_dir:
+    description: The node's state directory.
+    type: path
+    default: /var/lib/ironclaw
+  tcti:
+    description:
+      - TPM access for the test-unseal of C(verified).
+      - Defaults to E(IRONCLAW_TCTI), then C(device:/dev/tpmrm0).
+    type: str
+  backend:
+    description: Node backend for the test-unseal of C(verified).
+    type: str
+    default: tpm2
+    choices: [tpm2, software]
+  lock_timeout:
+    description: Seconds to wait for another run on the same VM.
+    type: float
+    default: 120
+  cluster:
+    description: Cluster name recorded in and checked against manifests.
+    type: str
+    default: default
+  vm_ctime:
+    description: The VM's creation time (Proxmox C(meta ctime)); recorded and checked when set.
+    type: int
+  node_name:
+    description: With O(state=built), the node's inventory name recorded in the manifest.
+    type: str
+  controller_dir:
+    description: Keys, trust roots and (by default) the store on the controller.
+    type: path
+    default: ~/.local/share/ironclaw
+  keys:
+    description: With O(state=trusted), the number of signing keys of a new (or rotated) trust root.
+    type: int
+    default: 1
+  threshold:
+    description: With O(state=trusted), how many of them must sign a manifest.
+    type: int
+    default: 1
+  rotate:
+    description: With O(state=trusted), issue the next trust root for new keys, signed by the old and the new keys.
+    type: bool
+    default: false
+  create:
+    description: With O(state=trusted), create a trust root when there is none (false, fail instead).
+    type: bool
+    default: true
+  root_expires_days:
+    description: Lifetime of a new trust root.
+    type: int
+    default: 365
+  statement:
+    description: With O(state=signed), the RV(statement) of O(state=built).
+    type: dict
+  previous:
+    description: With O(state=signed), the store's newest envelope for the VM (RV(latest) of O(state=listed)).
+    type: dict
+  signing:
+    description: With O(state=signed), C(online) signs with this controller's keys, C(offline) exchanges requests.
+    type: str
+    default: online
+    choices: [online, offline]
+  sign_dir:
+    description: Directory where offline signing requests and signed envelopes are exchanged.
+    type: path
+  request:
+    description: With O(state=signed) on the offline machine, a signing request file to sign.
+    type: path
+  expires_days:
+    description: Lifetime of a new manifest.
+    type: int
+    default: 90
+  resign_days:
+    description: Re-issue an unchanged manifest when it expires within this many days.
+    type: int
+    default: 30
+  store_dir:
+    description: The store directory (C(stored), C(listed)).
+    type: path
+  envelope:
+    description: A manifest envelope (C(stored), C(verified); C(verified) uses the node's cached one if omitted).
+    type: dict
+  trust_roots:
+    description: Trust-root envelopes, oldest first (C(stored), C(verified)).
+    type: list
+    elements: dict
+  floor:
+    description: With O(state=verified), the store's floor for the VM (RV(floor) of O(state=listed)).
+    type: dict
+  unseal:
+    description: With O(state=verified), test-unseal every blob in memory after the manifest verified.
+    type: bool
+    default: true
+  cache:
+    description: With O(state=verified), keep the verified envelope and trust roots on the node.
+    type: bool
+    default: true
+  warn_days:
+    description: With O(state=verified), warn when the manifest expires within this many days.
+    type: int
+    default: 14
+  now:
+    description:
+      - The clock as C(YYYY-MM-DDTHH:MM:SSZ), instead of the host's. For tests and for signing at a set date.
+      - Verification reads the clock once either way.
+    type: str
+attributes:
+  check_mode:
+    description: Can run in check mode; nothing is created, signed for the store, stored or cached.
+    support: full
+  diff_mode:
+    description: Nothing to diff.
+    support: none
+  idempotent:
+    description: An unchanged state makes no new version; storing the same envelope again is a no-op.
+    support: full
+  action:
+    description: Signing states run as an action plugin on the controller.
+    support: full
+author:
+  - ironclaw.sealed maintainers (@ironclaw)
+"""
+
+EXAMPLES = r"""
+- name: Describe VM 100's sealed state on its node
+  ironclaw.sealed.ironclaw_manifest:
+    state: built
+    vmid: 100
+    vm_uuid: 6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f
+    node_name: "{{ inventory_hostname }}"
+  register: built
+
+- name: Verify it against the store's newest manifest, then test-unseal
+  ironclaw.sealed.ironclaw_manifest:
+    state: verified
+    vmid: 100
+    vm_uuid: 6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f
+    envelope: "{{ chain.latest }}"
+    trust_roots: "{{ chain.trust_roots }}"
+    floor: "{{ chain.floor }}"
+"""
+
+RETURN = r"""
+statement:
+  description: The VM's sealed state (subject, node, keyslot and blob hashes, sizes and generations, state).
+  returned: when O(state=built)
+  type: dict
+envelope:
+  description: The manifest envelope (the previous one when nothing changed).
+  returned: when O(state=signed) with O(statement)
+  type: dict
+version:
+  description: The version of the new manifest.
+  returned: when O(state=signed) made one
+  type: int
+reason:
+  description: Why a new version was (or was not) made.
+  returned: when O(state=signed) with O(statement)
+  type: str
+requests:
+  description: Pending signing requests, each with C(path) and C(summary) (VM, version, node, blob names and hashes).
+  returned: when O(state=requests)
+  type: list
+  elements: dict
+trust_roots:
+  description: Trust-root envelopes, oldest first.
+  returned: when O(state=trusted) or O(state=listed)
+  type: list
+  elements: dict
+trust_root:
+  description: The current trust root's version, threshold, key ids and expiry.
+  returned: when O(state=trusted)
+  type: dict
+latest:
+  description: The VM's newest envelope in the store, or null.
+  returned: when O(state=listed)
+  type: dict
+floor:
+  description: The VM's floor, C(version), C(digest) and C(destroyed), or null.
+  returned: when O(state=listed)
+  type: dict
+history:
+  description: Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count).
+  returned: when O(state=listed)
+  type: list
+  elements: dict
+manifest:
+  description: The verified manifest's version, expiry, state and node.
+  returned: when O(state=verified)
+  type: dict
+blobs:
+  description: Per blob, C(name), C(ok), C(generation) and C(size) from the test-unseal.
+  returned: when O(state=verified) and O(unseal=true)
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC, run_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
+
+
+def main():
+    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
+    with failing_on_errors(module):
+        result = run_state(module)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
