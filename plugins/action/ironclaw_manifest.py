@@ -80,6 +80,8 @@ def trusted(args: dict, check_mode: bool) -> dict:
         store.retire(old_keys)
         roots, changed = [*roots, envelope], True
     root = load_chain(roots, now)
+    if args["signing"] == "online" and not check_mode:
+        _signing_keys(store, now)  # usable here: present, 0600, enough for the threshold
     return {
         "changed": changed,
         **_roots_result(roots),

@@ -96,7 +96,10 @@ options:
     description: With O(state=signed), the store's newest envelope for the VM (RV(latest) of O(state=listed)).
     type: dict
   signing:
-    description: With O(state=signed), C(online) signs with this controller's keys, C(offline) exchanges requests.
+    description:
+      - With O(state=signed), C(online) signs with this controller's keys, C(offline) exchanges requests.
+      - With O(state=trusted) and C(online), also checks that this controller's signing keys are usable
+        (mode 0600, enough for the threshold).
     type: str
     default: online
     choices: [online, offline]

@@ -304,13 +304,12 @@ class Lab:
             args += ["-e", f"@{secrets_file}"]
         return args
 
-    def provision(self, node: str, vmid: int, secrets_file: Path | None = None, **options):
-        return self.run(
-            "provision", *self.vm_args(node, vmid, secrets_file=secrets_file or self.secrets_file), **options
-        )
+    def provision(self, node: str, vmid: int, secrets_file: Path | None = None, extra: tuple = (), **options):
+        args = self.vm_args(node, vmid, secrets_file=secrets_file or self.secrets_file)
+        return self.run("provision", *args, *extra, **options)
 
-    def verify(self, node: str, vmid: int, **options):
-        return self.run("verify", *self.vm_args(node, vmid), **options)
+    def verify(self, node: str, vmid: int, extra: tuple = (), **options):
+        return self.run("verify", *self.vm_args(node, vmid), *extra, **options)
 
     def unseal(self, node: str, vmid: int, dest: Path, **options):
         return self.run(

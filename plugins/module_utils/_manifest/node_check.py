@@ -9,6 +9,7 @@ from datetime import datetime
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.cache import NodeCache
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import parse_manifest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.state import describe_vm
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import (
     load_chain,
@@ -19,7 +20,6 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify i
     ManifestRef,
     ref_of,
     verify_manifest,
-    verify_signatures,
 )
 
 
@@ -38,10 +38,14 @@ def trusted_root(cache: NodeCache, offered: list, now: datetime):
     return load_chain(offered, now)
 
 
-def node_floor(cache: NodeCache, vmid: int, root, given: ManifestRef | None) -> ManifestRef | None:
-    """The higher of the store's floor and the node's own newest verified manifest."""
+def node_floor(cache: NodeCache, vmid: int, given: ManifestRef | None) -> ManifestRef | None:
+    """The higher of the store's floor and the node's own newest verified manifest.
+
+    The cached manifest was verified when it was cached (possibly under a trust
+    root rotated away since), so only its place in the chain is read here.
+    """
     cached = cache.manifest(vmid)
-    mine = ref_of(cached, verify_signatures(cached, root, "cached manifest")) if cached is not None else None
+    mine = ref_of(cached, parse_manifest(cached.payload, "cached manifest")) if cached is not None else None
     candidates = [ref for ref in (given, mine) if ref is not None]
     return max(candidates, key=lambda ref: ref.version) if candidates else None
 
@@ -69,7 +73,7 @@ def verify_on_node(
         envelope,
         root=root,
         now=now,
-        floor=node_floor(cache, vmid, root, floor),
+        floor=node_floor(cache, vmid, floor),
         expected={"vmid": vmid, "vm_uuid": vm_uuid, "cluster": cluster, "vm_ctime": vm_ctime},
         actual=describe_vm(state_dir, vmid, vm_uuid),
     )
