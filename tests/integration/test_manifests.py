@@ -208,3 +208,23 @@ def test_manifest_for_another_cluster_is_refused(small_lab: Lab):
     msg = task_result(failed.stdout, VERIFY_TASK, NODE)["msg"]
     assert "cluster" in msg and "alpha" in msg and "beta" in msg
     assert lab.snapshot() == before
+
+
+def test_store_on_a_separate_host(tmp_path, playbook_tools):
+    """ironclaw_store_host names another inventory host: node records and manifests go there, not to the controller."""
+    lab = Lab(
+        tmp_path,
+        [
+            Node(NODE, "software", tmp_path / NODE, sys.executable),
+            Node("store1", "software", tmp_path / "store1-unused", sys.executable, enrolled_group=False),
+        ],
+    )
+    store_dir = tmp_path / "store-host" / "ironclaw-store"
+    on_store = ("-e", "ironclaw_store_host=store1", "-e", f"ironclaw_store_dir={store_dir}")
+    init_and_enroll(lab, *on_store)
+    lab.provision(NODE, VMID, extra=on_store)
+    lab.verify(NODE, VMID, extra=on_store)
+    assert (store_dir / "nodes" / f"{NODE}.json").is_file()
+    stored = sorted(p.name for p in (store_dir / "vms" / vm_uuid_of(NODE, VMID)).glob("manifest-*.json"))
+    assert stored == ["manifest-00000001.json"]
+    assert not (lab.controller_dir / "store" / "vms").exists()
