@@ -13,6 +13,7 @@ description:
   - With O(state=present), provisions the node once, a persistent ECC P-256 SRK at C(0x81000001) and an epoch NV
     counter at C(0x01c10000) (tpm2), or a node KEK and X25519 enrollment key under O(state_dir) (software).
   - Incrementing the epoch revokes every approval signed for the node; that is done by decommission and migration.
+  - With O(pve=true) and O(vmid), also reports that VM as Proxmox VE sees it (read-only).
 options:
   state:
     description:
@@ -25,6 +26,16 @@ options:
       - PCR selection to read, for example C(sha256:0,7); the values and their digest are returned for approvals.
       - Not available with the software backend.
     type: str
+  pve:
+    description:
+      - Ask Proxmox VE (C(qm) and C(pvesh) on this node, as root) about the VM O(vmid) and return it as RV(vm).
+      - Only reads; it never changes the VM.
+    type: bool
+    default: false
+  vmid:
+    description:
+      - Proxmox VMID (100 to 999999999) of the VM to report. Only used with O(pve=true).
+    type: int
 extends_documentation_fragment:
   - ironclaw.sealed.node
   - ironclaw.sealed.node.attributes
@@ -42,6 +53,13 @@ EXAMPLES = r"""
   ironclaw.sealed.ironclaw_node:
     pcrs: sha256:7
   register: node
+
+- name: Where is VM 100, and what is its identity?
+  ironclaw.sealed.ironclaw_node:
+    pve: true
+    vmid: 100
+  register: node
+  # node.vm.node, node.vm.uuid, node.vm.ctime, node.vm.status
 """
 
 RETURN = r"""
@@ -88,11 +106,44 @@ actions:
   returned: always
   type: list
   elements: str
+vm:
+  description: The VM O(vmid) as Proxmox VE reports it.
+  returned: when O(pve=true) and O(vmid) is set
+  type: dict
+  contains:
+    vmid:
+      description: The VMID asked for.
+      type: int
+      sample: 100
+    exists:
+      description: Whether a QEMU VM with this VMID exists anywhere in the cluster.
+      type: bool
+    node:
+      description: The cluster node that holds the VM.
+      type: str
+      returned: when RV(vm.exists)
+      sample: pve1
+    uuid:
+      description: The VM's identity, the uuid of its C(smbios1) setting, lowercase.
+      type: str
+      returned: when RV(vm.exists)
+      sample: 6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f
+    ctime:
+      description: When the VM was created (Unix time, from its C(meta) setting); null for VMs older than that setting.
+      type: int
+      returned: when RV(vm.exists)
+      sample: 1718000000
+    status:
+      description: C(running) or C(stopped) (C(unknown) while another node has not reported its VM's state).
+      type: str
+      returned: when RV(vm.exists)
+      sample: stopped
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors, node_options
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
@@ -101,9 +152,15 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs impor
 
 def main():
     spec = node_options(vm=False)
-    spec.update(state={"type": "str", "default": "gathered", "choices": ["gathered", "present"]}, pcrs={"type": "str"})
+    spec.update(
+        state={"type": "str", "default": "gathered", "choices": ["gathered", "present"]},
+        pcrs={"type": "str"},
+        pve={"type": "bool", "default": False},
+        vmid={"type": "int"},
+    )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
+    proxmox = {}
     with failing_on_errors(module):
         pcrs = PcrSelection.parse(p["pcrs"]) if p["pcrs"] else None
         actions = []
@@ -115,11 +172,14 @@ def main():
                     with locked(p["state_dir"], "node", p["lock_timeout"]):
                         actions = backend.provision()
             facts = backend.facts(pcrs).to_result()
+        if p["pve"] and p["vmid"] is not None:
+            proxmox["vm"] = proxmox_cli(module).vm_info(p["vmid"]).to_result()
     module.exit_json(
         changed=bool(actions),
         actions=actions,
         diff={"before": {"missing": facts["missing"]}, "after": {"missing": [] if actions else facts["missing"]}},
         **facts,
+        **proxmox,
     )
 
 

@@ -40,3 +40,7 @@ class BackendError(IronclawError):
 
 class LockError(IronclawError):
     """A per-VM or per-node lock could not be taken in time."""
+
+
+class ProxmoxError(IronclawError):
+    """A Proxmox command (qm, pvesh) failed, or printed what does not parse; or the VM is not as required."""

@@ -1,0 +1,324 @@
+"""The whole lab: preflight, up (idempotent, reconciles the node count), down, status, inventory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+
+from nodelab import network
+from nodelab.keys import ensure_keypair, write_private
+from nodelab.node import Node
+from nodelab.settings import (
+    BASE_DIR,
+    CLUSTER,
+    MAX_NODES,
+    NODE_PYTHON,
+    PRIVATE_DIRS,
+    SHARED_PVE_DIR,
+    SIM_BIN,
+    SIM_BIN_MOUNT,
+    TCTI,
+    Settings,
+)
+from nodelab.system import LabError, kill_all, mounts_under, processes_mentioning, run
+
+# Host directories the lab may have to create as mount points; recorded so the last `lab down` removes them.
+HOST_DIRS_RECORD = BASE_DIR / "host-dirs.json"
+SSH_READY_TIMEOUT = 10.0
+TOOLS = {
+    "ip": "iproute2",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
+    "swtpm": "swtpm",
+    "/usr/sbin/sshd": "openssh-server",
+    "ssh-keygen": "openssh-client",
+    "ssh": "openssh-client",
+    NODE_PYTHON: "python3",
+}
+
+
+class Lab:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    # -- what exists ---------------------------------------------------------
+    def nodes_on_disk(self) -> list[Node]:
+        if not self.settings.nodes_dir.is_dir():
+            return []
+        indexes = []
+        for entry in self.settings.nodes_dir.iterdir():
+            match = re.fullmatch(r"pve([1-9][0-9]*)", entry.name)
+            if match:
+                indexes.append(int(match[1]))
+        return [Node(self.settings, index) for index in sorted(indexes)]
+
+    def is_up(self) -> bool:
+        return self.settings.state_file.exists()
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.settings.state_file.read_text())
+        except FileNotFoundError:
+            raise LabError(f"lab {self.settings.instance} is not up: run tests/lab/lab up") from None
+
+    # -- up ------------------------------------------------------------------
+    def preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise LabError(
+                "lab up needs root: it creates network namespaces, a bridge and mounts "
+                "(run it as root, e.g. sudo tests/lab/lab up)"
+            )
+        missing = [f"{tool} (Debian package {package})" for tool, package in TOOLS.items() if not shutil.which(tool)]
+        if missing:
+            raise LabError(f"lab up needs {', '.join(missing)}: install them (scripts/bootstrap does)")
+        probe = run(["ip", "netns", "list"], check=False)
+        if probe.returncode != 0:
+            raise LabError(f"this system has no 'ip netns' support (ip netns list: {probe.stderr.strip()})")
+        probe = run(["unshare", "--net", "--mount", "--uts", "true"], check=False)
+        if probe.returncode != 0:
+            raise LabError(
+                "this kernel or container does not allow new network/mount namespaces "
+                f"(unshare --net --mount --uts: {probe.stderr.strip()})"
+            )
+
+    def up(self, count: int) -> dict:
+        if not 1 <= count <= MAX_NODES:
+            raise LabError(f"the number of nodes must be from 1 to {MAX_NODES}, got {count}")
+        self.preflight()
+        started = time.monotonic()
+        settings = self.settings
+        for path in (settings.root, settings.nodes_dir, settings.self_dir, settings.shared_dir, settings.etc_pve):
+            path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        settings.controller_dir.mkdir(mode=0o700, exist_ok=True)
+        self._link_simulator()
+        self._ensure_host_dirs()
+        network.ensure_bridge(settings)
+        controller_key = settings.controller_dir / "id_ed25519"
+        controller_public = ensure_keypair(controller_key, f"ironclaw lab {settings.instance} controller")
+
+        removed = []
+        for node in self.nodes_on_disk():
+            if node.index > count:
+                node.destroy()
+                shutil.rmtree(settings.etc_pve / "nodes" / node.name, ignore_errors=True)
+                removed.append(node.name)
+        nodes = [Node(settings, index) for index in range(1, count + 1)]
+        for node in nodes:
+            node.prepare_dirs()
+        self._write_keys(nodes, controller_public)
+        self._write_cluster(nodes)
+        changes = {node.name: node.ensure() for node in nodes}
+        self._wait_for_ssh(nodes)
+        state = {
+            "instance": settings.instance,
+            "subnet": str(settings.subnet),
+            "bridge": settings.bridge,
+            "host_address": settings.host_address,
+            "tcti": TCTI,
+            "cluster": CLUSTER,
+            "controller_key": str(controller_key),
+            "known_hosts": str(settings.controller_dir / "known_hosts"),
+            "nodes": {node.name: {"address": node.address, "netns": node.netns} for node in nodes},
+        }
+        write_private(settings.state_file, json.dumps(state, indent=2) + "\n", 0o644)
+        return {"removed": removed, "started": changes, "seconds": round(time.monotonic() - started, 2)}
+
+    def _link_simulator(self) -> None:
+        """The directory nodes see as /usr/local/sbin: qm and pvesh, linked to the simulator in this checkout."""
+        bin_dir = self.settings.shared_dir / "bin"
+        bin_dir.mkdir(mode=0o755, exist_ok=True)
+        for name in ("qm", "pvesh"):
+            link = bin_dir / name
+            if not (link.is_symlink() and os.readlink(link) == str(SIM_BIN / name)):
+                link.unlink(missing_ok=True)
+                link.symlink_to(SIM_BIN / name)
+
+    def _ensure_host_dirs(self) -> None:
+        """Mount points must exist on the host; note the ones the lab creates."""
+        try:
+            created = json.loads(HOST_DIRS_RECORD.read_text())
+        except (FileNotFoundError, ValueError):
+            created = []
+        # sshd needs its privilege separation directory.
+        for path in [*PRIVATE_DIRS, SHARED_PVE_DIR, SIM_BIN_MOUNT, "/run/sshd"]:
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=0o755)
+                created.append(path)
+        HOST_DIRS_RECORD.write_text(json.dumps(sorted(set(created))))
+
+    def _write_keys(self, nodes: list[Node], controller_public: str) -> None:
+        """Root of every node accepts the controller and the other nodes (as root on a PVE cluster does)."""
+        authorized = "".join(f"{key}\n" for key in [controller_public] + [node.root_key_public for node in nodes])
+        for node in nodes:
+            write_private(node.dir / "root" / ".ssh" / "authorized_keys", authorized)
+        known = "".join(f"{node.address} {node.host_key_public}\n" for node in nodes)
+        write_private(self.settings.controller_dir / "known_hosts", known, 0o644)
+
+    def _write_cluster(self, nodes: list[Node]) -> None:
+        """/etc/pve as pmxcfs would show it: members, node dirs, their SSH host keys, storage.cfg."""
+        etc_pve = self.settings.etc_pve
+        members = {
+            "cluster": {"name": CLUSTER, "nodes": len(nodes), "quorate": 1, "version": len(nodes)},
+            "nodelist": {node.name: {"id": node.index, "ip": node.address, "online": 1} for node in nodes},
+            "version": len(nodes),
+        }
+        write_private(etc_pve / ".members", json.dumps(members, indent=2) + "\n", 0o644)
+        for node in nodes:
+            node_dir = etc_pve / "nodes" / node.name
+            (node_dir / "qemu-server").mkdir(parents=True, exist_ok=True)
+            write_private(node_dir / "ssh_known_hosts", f"{node.name} {node.host_key_public}\n", 0o644)
+        storage = "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,snippets\n"
+        write_private(etc_pve / "storage.cfg", storage, 0o640)
+
+    def _wait_for_ssh(self, nodes: list[Node]) -> None:
+        """Log in to every node once (in parallel): `lab up` returns when Ansible can connect."""
+        procs = {node.name: subprocess.Popen(self.ssh_argv(node.address, "hostname"), **_QUIET) for node in nodes}
+        failures = []
+        for name, proc in procs.items():
+            try:
+                stdout, stderr = proc.communicate(timeout=SSH_READY_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+            if proc.returncode != 0 or stdout.strip() != name:
+                failures.append(f"{name}: exit {proc.returncode}, {stderr.strip() or stdout.strip()}")
+        if failures:
+            raise LabError("ssh to the lab nodes failed:\n" + "\n".join(failures))
+
+    def ssh_argv(self, address: str, *command: str) -> list[str]:
+        return ["ssh", *self.ssh_options(), f"root@{address}", *command]
+
+    def ssh_options(self) -> list[str]:
+        controller = self.settings.controller_dir
+        return [
+            "-i",
+            str(controller / "id_ed25519"),
+            "-o",
+            f"UserKnownHostsFile={controller / 'known_hosts'}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+        ]
+
+    # -- down ----------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Remove everything of this instance, recorded or not; returns what was removed."""
+        settings = self.settings
+        removed = []
+        for name in network.netns_names(settings.prefix):
+            network.delete_netns(name)
+            removed.append(f"network namespace {name}")
+        leftovers = processes_mentioning(f"{settings.root}/")
+        if leftovers:
+            kill_all(leftovers)
+            removed.append(f"{len(leftovers)} processes")
+        for link in network.host_links(settings.prefix):
+            run(["ip", "link", "del", link], check=False)
+            removed.append(f"link {link}")
+        for mountpoint in mounts_under(settings.root):
+            run(["umount", "-l", mountpoint], check=False)
+            removed.append(f"mount {mountpoint}")
+        if settings.root.exists():
+            shutil.rmtree(settings.root)
+            removed.append(str(settings.root))
+        removed += _remove_host_dirs()
+        return removed
+
+    # -- status and inventory ------------------------------------------------
+    def status(self) -> tuple[str, bool]:
+        settings = self.settings
+        nodes = self.nodes_on_disk()
+        namespaces = network.netns_names(settings.prefix)
+        if not self.is_up() and not nodes and not namespaces:
+            return f"lab {settings.instance}: down", True
+        lines = [
+            f"lab {settings.instance}: bridge {settings.bridge} {settings.host_address}/{settings.subnet.prefixlen}, "
+            f"state in {settings.root}",
+            f"{'node':<6} {'address':<15} {'namespaces':<10} {'swtpm':<6} {'sshd':<6} ssh",
+        ]
+        healthy = self.is_up()
+        for node in nodes:
+            checks = [node.holder_alive(), node.swtpm_alive(), node.sshd_alive(), _port_open(node.address, 22)]
+            healthy = healthy and all(checks)
+            cells = ["up" if ok else "DOWN" for ok in checks]
+            lines.append(f"{node.name:<6} {node.address:<15} {cells[0]:<10} {cells[1]:<6} {cells[2]:<6} {cells[3]}")
+        stray = sorted(set(namespaces) - {node.netns for node in nodes})
+        if stray:
+            healthy = False
+            lines.append(f"stray network namespaces (run lab down): {' '.join(stray)}")
+        if not self.is_up():
+            lines.append("incomplete: no lab.json (an interrupted up?); run lab up again, or lab down")
+        return "\n".join(lines), healthy
+
+    def inventory(self) -> str:
+        state = self.state()
+        ssh_args = " ".join(
+            [
+                f"-o UserKnownHostsFile={state['known_hosts']}",
+                "-o StrictHostKeyChecking=yes",
+                "-o IdentitiesOnly=yes",
+            ]
+        )
+        lines = [
+            f"# Ansible inventory of lab {state['instance']} (tests/lab/lab inventory)",
+            "all:",
+            "  children:",
+            "    ironclaw_nodes:",
+            "      hosts:",
+        ]
+        for name, node in state["nodes"].items():
+            lines += [f"        {name}:", f"          ansible_host: {node['address']}"]
+        variables = {
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": state["controller_key"],
+            "ansible_ssh_common_args": ssh_args,
+            "ansible_python_interpreter": NODE_PYTHON,
+            "ironclaw_pve": True,
+            "ironclaw_tcti": state["tcti"],
+            "ironclaw_cluster": state["cluster"],
+        }
+        lines.append("      vars:")
+        # JSON scalars are YAML scalars: strings come out quoted, booleans as true/false.
+        lines += [f"        {key}: {json.dumps(value)}" for key, value in variables.items()]
+        return "\n".join(lines) + "\n"
+
+
+_QUIET = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+
+
+def _port_open(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _remove_host_dirs() -> list[str]:
+    """After the last instance is down: remove the (empty) mount points the lab created on the host."""
+    if not BASE_DIR.is_dir() or any(entry.is_dir() for entry in BASE_DIR.iterdir()):
+        return []
+    removed = []
+    try:
+        created = json.loads(HOST_DIRS_RECORD.read_text())
+    except (FileNotFoundError, ValueError):
+        created = []
+    for path in sorted(created, key=len, reverse=True):
+        try:
+            os.rmdir(path)
+            removed.append(path)
+        except OSError:
+            pass  # gone already, or something else put files there: leave it
+    HOST_DIRS_RECORD.unlink(missing_ok=True)
+    BASE_DIR.rmdir()
+    return removed
