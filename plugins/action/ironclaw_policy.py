@@ -76,6 +76,7 @@ class ActionModule(ActionBase):
         store = PolicyKeyStore(args["controller_dir"])
         vmid, vm_uuid = args["vmid"], args["vm_uuid"]
         store.path(vmid, vm_uuid)  # validates vmid and uuid before anything happens
+        store.refuse_destroyed(vmid, vm_uuid)
         spec = parse_policy(args["policy"])
         changed = False
         if not store.exists(vmid, vm_uuid):

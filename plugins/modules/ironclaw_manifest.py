@@ -25,7 +25,8 @@ options:
       - C(signed) signs the next version when the state described by O(statement) differs from O(previous) or
         O(previous) expires within O(resign_days); with O(request), signs an offline signing request.
       - C(requests) lists the pending offline signing requests in O(sign_dir).
-      - C(stored) appends O(envelope) to the store (version must be the floor + 1) and/or puts O(trust_roots) there.
+      - C(stored) appends O(envelope) to the store (version must be the floor + 1), puts O(trust_roots) there,
+        and appends O(receipt).
       - C(listed) returns a VM's chain, floor and the store's trust roots.
       - C(verified) applies every rule on the node, optionally test-unseals, and caches the envelope and roots.
     type: str
@@ -122,6 +123,9 @@ options:
     type: path
   envelope:
     description: A manifest envelope (C(stored), C(verified); C(verified) uses the node's cached one if omitted).
+    type: dict
+  receipt:
+    description: With O(state=stored), a signed destruction receipt to append to the VM's receipts (needs O(vm_uuid)).
     type: dict
   trust_roots:
     description: Trust-root envelopes, oldest first (C(stored), C(verified)).
@@ -222,6 +226,15 @@ floor:
   description: The VM's floor, C(version), C(digest) and C(destroyed), or null.
   returned: when O(state=listed)
   type: dict
+tombstone_statement:
+  description: The statement that ends the VM's chain (state destroyed), or null when it has ended.
+  returned: when O(state=listed) with O(vm_uuid)
+  type: dict
+receipts:
+  description: The VM's destruction receipts, oldest first.
+  returned: when O(state=listed) with O(vm_uuid)
+  type: list
+  elements: dict
 history:
   description: Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count).
   returned: when O(state=listed)

@@ -20,6 +20,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload 
     make_statement,
     parse_manifest,
     statement_of,
+    tombstone_statement,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.state import describe_vm
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import ForkError, parse_ref
@@ -60,6 +61,7 @@ SPEC = {
     "resign_days": {"type": "int", "default": 30},
     "store_dir": {"type": "path"},
     "envelope": {"type": "dict"},
+    "receipt": {"type": "dict"},
     "trust_roots": {"type": "list", "elements": "dict"},
     "floor": {"type": "dict"},
     "unseal": {"type": "bool", "default": True},
@@ -105,15 +107,18 @@ def stored(p: dict, check_mode: bool) -> dict:
     store = Store(p["store_dir"])
     roots = as_envelopes(p["trust_roots"], "trust root")
     envelope = dsse.parse_envelope(p["envelope"], "manifest") if p["envelope"] else None
-    if envelope is None and not roots:
-        raise InputError("state=stored needs envelope and/or trust_roots")
+    receipt = dsse.parse_envelope(p["receipt"], "receipt") if p["receipt"] else None
+    if envelope is None and not roots and receipt is None:
+        raise InputError("state=stored needs envelope, trust_roots and/or receipt")
+    if receipt is not None and p["vm_uuid"] is None:
+        raise InputError("storing a receipt needs vm_uuid")
     now = clock(p["now"])
     if check_mode:
         # Report what would be added; the checks themselves run when it is added.
         have = store.root_envelopes() if os.path.isdir(store.trust_dir) else []
         latest = store.latest(envelope_vm_uuid(envelope)) if envelope is not None else None
         new_manifest = envelope is not None and (latest is None or latest[0] != envelope)
-        return {"changed": any(root not in have for root in roots) or new_manifest}
+        return {"changed": any(root not in have for root in roots) or new_manifest or receipt is not None}
     changed = store.init()
     for root in roots:
         changed |= store.put_root(root, now)
@@ -124,6 +129,8 @@ def stored(p: dict, check_mode: bool) -> dict:
             out["envelope"] = dsse.envelope_to_dict(envelope)
         except ForkError:
             out["envelope"] = dsse.envelope_to_dict(_same_state_already_stored(store, envelope))
+    if receipt is not None:
+        changed |= store.put_receipt(p["vm_uuid"], receipt)
     return {"changed": changed, **out}
 
 
@@ -160,6 +167,9 @@ def listed(p: dict, _check_mode: bool) -> dict:
         latest=dsse.envelope_to_dict(latest[0]) if latest else None,
         floor=floor._asdict() if floor else None,
         history=_history(store, p["vm_uuid"]),
+        # What ends the chain, for decommission; null once it has ended.
+        tombstone_statement=tombstone_statement(latest[1]) if latest and not latest[1].destroyed else None,
+        receipts=[dsse.envelope_to_dict(env) for env in store.receipts(p["vm_uuid"])],
     )
     return out
 

@@ -48,12 +48,55 @@ class PolicyKeyStore:
     def exists(self, vmid: int, vm_uuid: str) -> bool:
         return os.path.lexists(self.path(vmid, vm_uuid))
 
+    def tombstone_path(self, vmid: int, vm_uuid: str) -> str:
+        return self.path(vmid, vm_uuid)[: -len(".pem")] + ".destroyed"
+
+    def destroyed_at(self, vmid: int, vm_uuid: str) -> str | None:
+        """When the VM's policy key was destroyed (it can then never be created again), or None."""
+        try:
+            return read_regular(self.tombstone_path(vmid, vm_uuid), "policy key tombstone", 256).decode().strip()
+        except FileNotFoundError:
+            return None
+
+    def refuse_destroyed(self, vmid: int, vm_uuid: str) -> None:
+        destroyed = self.destroyed_at(vmid, vm_uuid)
+        if destroyed:
+            raise PolicyError(
+                f"VM {vmid} ({vm_uuid}) was decommissioned on {destroyed}: no policy key, approval or grant can "
+                "ever be made for it again. A re-used VMID is a new VM with a new uuid"
+            )
+
+    def destroy(self, vmid: int, vm_uuid: str, now: str) -> bool:
+        """Leave a tombstone, then unlink the key: no approval or grant can be signed for the VM again.
+
+        Unlinking is not erasure on SSD or copy-on-write storage; keep the controller directory on
+        storage you can trust, or encrypted.
+        """
+        tomb = self.tombstone_path(vmid, vm_uuid)
+        changed = False
+        if not os.path.lexists(tomb):
+            ensure_dir(self.controller_dir, 0o700)
+            ensure_dir(self.dir, 0o700)
+            write_atomic(tomb, f"{now}\n".encode(), 0o600)
+            changed = True
+        path = self.path(vmid, vm_uuid)
+        if os.path.lexists(path):
+            with open(path, "r+b") as fh:  # best effort on storage that overwrites in place
+                size = os.fstat(fh.fileno()).st_size
+                fh.write(os.urandom(size))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.unlink(path)
+            changed = True
+        return changed
+
     def create(self, vmid: int, vm_uuid: str) -> bool:
         """Create the VM's key unless it exists; True if this call created it.
 
         Two runs for one VM may get here at once: the file is created exclusively,
         never replaced, so both go on with the one key that a keyslot may trust.
         """
+        self.refuse_destroyed(vmid, vm_uuid)
         ensure_dir(self.controller_dir, 0o700)
         ensure_dir(self.dir, 0o700)
         path = self.path(vmid, vm_uuid)

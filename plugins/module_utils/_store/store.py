@@ -18,6 +18,7 @@ reported, naming the file, instead of being trusted.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -264,6 +265,20 @@ class Store:
         return self._write_new(directory, path, dsse.envelope_to_bytes(envelope))
 
     # -- node records --------------------------------------------------------------
+    # -- destruction receipts --------------------------------------------------------
+    def receipts(self, vm_uuid: str) -> list[dsse.Envelope]:
+        """A VM's destruction receipts, oldest first (a re-run after a partial failure adds a final one)."""
+        prefix = os.path.join(self.receipts_dir, f"{validate.vm_uuid(vm_uuid)}-")
+        return [_read_envelope(path, "store: receipt") for path in sorted(glob.glob(prefix + "*.json"))]
+
+    def put_receipt(self, vm_uuid: str, envelope: dsse.Envelope) -> bool:
+        """Append a receipt (never replacing one); the same receipt again changes nothing."""
+        existing = self.receipts(vm_uuid)
+        if envelope in existing:
+            return False
+        path = os.path.join(self.receipts_dir, f"{validate.vm_uuid(vm_uuid)}-{len(existing) + 1:04d}.json")
+        return self._write_new(self.receipts_dir, path, dsse.envelope_to_bytes(envelope))
+
     def list_nodes(self) -> list[str]:
         try:
             entries = sorted(os.listdir(self.nodes_dir))

@@ -1,0 +1,130 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Destroying one VM's sealed state on a node: its files, then the node's epoch.
+
+Removing files is not erasure (SSD, copy-on-write, Ceph, backups keep copies).
+What makes every copy useless is cryptographic: the epoch bump revokes every
+approval ever signed for this node (tpm2), or erases the KEK the copies are
+wrapped under (software); and the VM's policy key, destroyed on the
+controller, can never sign a new approval. A record under
+`<state_dir>/destroyed/<vm_uuid>.json` makes a re-run a no-op and is the
+evidence for the receipt.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
+    ensure_dir,
+    fsync_dir,
+    read_regular,
+    remove_file,
+    write_atomic,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import parse_keyslot
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+
+RECORD_FORMAT = "ironclaw-destruction-record/1"
+
+
+def record_path(state_dir: str, vm_uuid: str) -> str:
+    return os.path.join(state_dir, "destroyed", f"{vm_uuid}.json")
+
+
+def read_record(state_dir: str, vm_uuid: str) -> dict | None:
+    try:
+        return canonical.loads(
+            read_regular(record_path(state_dir, vm_uuid), "destruction record"), "destruction record"
+        )
+    except FileNotFoundError:
+        return None
+
+
+def vm_files(vm: VmDir) -> list[str]:
+    """Every file of the VM's directory (names), refusing anything that is not a plain file."""
+    if not vm.exists():
+        return []
+    names = []
+    for entry in sorted(os.listdir(vm.path)):
+        st = os.lstat(os.path.join(vm.path, entry))
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(
+                f"{os.path.join(vm.path, entry)} is not a regular file (a symlink or directory); "
+                "refusing to destroy through it: remove it by hand after checking what it points to"
+            )
+        names.append(entry)
+    return names
+
+
+def keyslot_id(vm: VmDir) -> str | None:
+    try:
+        data = read_regular(vm.keyslot_path, "keyslot")
+    except FileNotFoundError:
+        return None
+    keyslot = parse_keyslot(data, vm.keyslot_path)
+    if keyslot.vm_uuid != vm.vm_uuid:
+        raise InputError(
+            f"{vm.path} holds VM {keyslot.vmid} ({keyslot.vm_uuid}), not {vm.vm_uuid}: refusing to destroy another "
+            "VM's state (VMIDs are reused; check the uuid)"
+        )
+    return keyslot.keyslot_id
+
+
+def remove_vm_files(vm: VmDir, names: list[str]) -> None:
+    """Unlink each file (never through a symlink), fsync, then remove the empty directory."""
+    for name in names:
+        remove_file(os.path.join(vm.path, name))
+    if os.path.isdir(vm.path) and not os.listdir(vm.path):
+        os.rmdir(vm.path)
+        fsync_dir(vm.state_dir)
+
+
+def surviving_vms(state_dir: str, exclude_uuid: str) -> list[dict]:
+    """The other VMs sealed on this node: they need a new approval (same PCR selection) after the epoch bump."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(state_dir, "[0-9]*", "keyslot.json"))):
+        keyslot = parse_keyslot(read_regular(path, "keyslot"), path)
+        if keyslot.vm_uuid == exclude_uuid:
+            continue
+        approval = VmDir(state_dir, keyslot.vmid, keyslot.vm_uuid).approval(required=False)
+        pcrs = approval.pcrs.selection if approval is not None and approval.pcrs else None
+        out.append({"vmid": keyslot.vmid, "vm_uuid": keyslot.vm_uuid, "pcrs": pcrs})
+    return out
+
+
+def destroy_on_node(backend, state_dir: str, vmid: int, vm_uuid: str, *, now: str, check_mode: bool) -> dict:
+    """Plan, and outside check mode do, the destruction of one VM on this node."""
+    vm = VmDir(state_dir, vmid, vm_uuid)
+    record = read_record(state_dir, vm.vm_uuid)
+    names = vm_files(vm)
+    if record is not None and not names:
+        survivors = surviving_vms(state_dir, vm.vm_uuid)
+        return {"changed": False, "status": "already-destroyed", "evidence": record, "survivors": survivors}
+    evidence = {
+        "format": RECORD_FORMAT,
+        "vmid": vm.vmid,
+        "vm_uuid": vm.vm_uuid,
+        "backend": backend.backend,
+        "keyslot_id": keyslot_id(vm),
+        "files_removed": names,
+        "epoch_before": backend.epoch(),
+        "epoch_after": None,
+        "tpm_objects": "none persistent: keyslot objects are loaded for one operation and flushed"
+        if backend.backend == "tpm2"
+        else "none: software backend",
+        "destroyed_at": now,
+    }
+    survivors = surviving_vms(state_dir, vm.vm_uuid)
+    if check_mode:
+        return {"changed": True, "status": "would-destroy", "evidence": evidence, "survivors": survivors}
+    remove_vm_files(vm, names)
+    # After the files: a software epoch bump rewraps the keyslots still on disk and erases the old KEK.
+    evidence["epoch_after"] = backend.bump_epoch()
+    ensure_dir(os.path.join(state_dir, "destroyed"), 0o700)
+    write_atomic(record_path(state_dir, vm.vm_uuid), canonical.dumps(evidence))
+    return {"changed": True, "status": "destroyed", "evidence": evidence, "survivors": survivors}

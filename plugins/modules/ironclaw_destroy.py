@@ -1,0 +1,141 @@
+#!/usr/bin/python
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: ironclaw_destroy
+short_description: Destroy a VM's sealed state for good, on its nodes and on the controller
+version_added: 0.1.0
+description:
+  - O(state=absent) runs on a node. It removes the VM's keyslot, blobs, approval and cached manifest (unlink and
+    fsync of the directory, symlinks refused), then bumps the node's epoch. That revokes every approval ever signed
+    for the node (tpm2) or rewraps the other keyslots under a new KEK and erases the old one (software), so backup
+    copies of the VM's files cannot be unsealed. Returns the other VMs on the node, which need a new approval.
+  - O(state=revoked) runs on the controller. It destroys the VM's policy key and leaves a tombstone, so no approval
+    or migration grant can ever be signed for the VM again.
+  - O(state=receipted) runs on the controller. It signs a destruction receipt (DSSE, trust-root keys) saying what
+    was destroyed where, how, and which locations could not be reached.
+  - Deleting files is not erasure on SSDs, copy-on-write file systems or Ceph. The guarantee is cryptographic.
+options:
+  state:
+    description: What to do, see the description.
+    type: str
+    default: absent
+    choices: [absent, revoked, receipted]
+  vmid:
+    description: Proxmox VMID.
+    type: int
+    required: true
+  vm_uuid:
+    description: The VM's uuid.
+    type: str
+    required: true
+  state_dir:
+    description: The node's state directory.
+    type: path
+    default: /var/lib/ironclaw
+  tcti:
+    description: TPM access of the node; defaults to E(IRONCLAW_TCTI), then C(device:/dev/tpmrm0).
+    type: str
+  backend:
+    description: The node's backend.
+    type: str
+    default: tpm2
+    choices: [tpm2, software]
+  lock_timeout:
+    description: Seconds to wait for other runs on the node.
+    type: float
+    default: 120
+  controller_dir:
+    description: Keys and trust root on the controller (O(state=revoked), O(state=receipted)).
+    type: path
+    default: ~/.local/share/ironclaw
+  cluster:
+    description: With O(state=receipted), the cluster name recorded in the receipt.
+    type: str
+    default: default
+  locations:
+    description:
+      - With O(state=receipted), one entry per node of the VM's history, C(node), C(status) (C(destroyed),
+        C(already-destroyed) or C(unreachable)) and C(evidence) (the RV(evidence) of O(state=absent)).
+    type: list
+    elements: dict
+  policy_key:
+    description: With O(state=receipted), the RV(policy_key) result of O(state=revoked).
+    type: dict
+  tombstone:
+    description: With O(state=receipted), the tombstone manifest's C(version) and C(digest).
+    type: dict
+  now:
+    description: The clock as C(YYYY-MM-DDTHH:MM:SSZ) instead of the host's (tests).
+    type: str
+attributes:
+  check_mode:
+    description: Lists exactly what would be destroyed and changes nothing.
+    support: full
+  diff_mode:
+    description: Nothing to diff.
+    support: none
+  idempotent:
+    description: Destroying what is already destroyed changes nothing and is not an error.
+    support: full
+  action:
+    description: O(state=revoked) and O(state=receipted) run as an action plugin on the controller.
+    support: full
+author:
+  - ironclaw.sealed maintainers (@ironclaw)
+"""
+
+EXAMPLES = r"""
+- name: Destroy VM 200's sealed state on this node
+  ironclaw.sealed.ironclaw_destroy:
+    state: absent
+    vmid: 200
+    vm_uuid: 0f0e0d0c-0b0a-4909-8807-0605040302ab
+  register: destroyed
+"""
+
+RETURN = r"""
+status:
+  description: C(destroyed), C(already-destroyed) or, in check mode, C(would-destroy).
+  returned: when O(state=absent)
+  type: str
+evidence:
+  description: Files removed, keyslot id, epoch before and after, what happened to TPM objects, when.
+  returned: when O(state=absent)
+  type: dict
+survivors:
+  description: The other VMs on the node (C(vmid), C(vm_uuid)); they need an approval for the new epoch.
+  returned: when O(state=absent)
+  type: list
+  elements: dict
+policy_key:
+  description: The destroyed policy key's C(key_name) (when it still existed) and C(destroyed_at).
+  returned: when O(state=revoked)
+  type: dict
+receipt:
+  description: The signed receipt envelope.
+  returned: when O(state=receipted)
+  type: dict
+document:
+  description: The receipt's content.
+  returned: when O(state=receipted)
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import SPEC, destroy_node
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
+
+
+def main():
+    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
+    with failing_on_errors(module):
+        result = destroy_node(module.params, module.check_mode)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
