@@ -1,0 +1,208 @@
+"""Destruction on a node, the policy-key tombstone and receipts, against real swtpm and real files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    InputError,
+    PolicyError,
+    VerificationError,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import Ed25519PrivateKey
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy import receipt as rc
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_on_node, read_record
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import load_root, new_root
+from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+
+NOW = "2030-01-01T00:00:00Z"
+GONE = (200, "22222222-2222-4222-8222-222222222222")
+KEPT = (201, "33333333-3333-4333-8333-333333333333")
+
+
+def seal(backend, state_dir, keys, vm):
+    keys.create(*vm)
+    facts = backend.facts()
+    approval = sign_approval(
+        keys.load(*vm),
+        vmid=vm[0],
+        vm_uuid=vm[1],
+        node_name=facts.node_name,
+        epoch_nv_name=facts.epoch_nv_name,
+        epoch=facts.epoch,
+    )
+    engine.seal(
+        backend,
+        VmDir(state_dir, *vm),
+        [engine.Secret("a", b"alpha"), engine.Secret("b", os.urandom(100))],
+        migratable=True,
+        pcrs=None,
+        policy_key_public=keys.public(*vm)[0],
+        approval=approval,
+        check_mode=False,
+    )
+
+
+@pytest.fixture(params=["tpm2", "software"])
+def node(request, tmp_path):
+    if request.param == "tpm2":
+        swtpm = request.getfixturevalue("swtpm")
+        backend = open_backend("tpm2", tcti=swtpm.tcti, state_dir=str(tmp_path / "state"))
+    else:
+        backend = open_backend("software", tcti=None, state_dir=str(tmp_path / "state"))
+    backend.provision()
+    keys = PolicyKeyStore(str(tmp_path / "controller"))
+    state_dir = str(tmp_path / "state")
+    seal(backend, state_dir, keys, GONE)
+    seal(backend, state_dir, keys, KEPT)
+    yield backend, state_dir, keys
+    backend.close()
+
+
+def test_backup_restored_after_destruction_does_not_unseal(node, tmp_path):
+    backend, state_dir, keys = node
+    vm = VmDir(state_dir, *GONE)
+    backup = tmp_path / "backup"
+    shutil.copytree(vm.path, backup)
+    done = destroy_on_node(backend, state_dir, *GONE, now=NOW, check_mode=False)
+    assert done["status"] == "destroyed" and not os.path.exists(vm.path)
+    assert done["evidence"]["epoch_after"] == done["evidence"]["epoch_before"] + 1
+    assert sorted(done["evidence"]["files_removed"]) == ["a.sealed", "approval.json", "b.sealed", "keyslot.json"]
+    assert [s["vmid"] for s in done["survivors"]] == [KEPT[0]]
+    shutil.copytree(backup, vm.path)
+    with pytest.raises(PolicyError, match="it was revoked"):
+        engine.verify(backend, vm)
+    if backend.backend == "software":
+        # The KEK the copy was wrapped under is gone: even a fresh approval cannot open it.
+        facts = backend.facts()
+        fresh = sign_approval(
+            keys.load(*GONE),
+            vmid=GONE[0],
+            vm_uuid=GONE[1],
+            node_name=facts.node_name,
+            epoch_nv_name=facts.epoch_nv_name,
+            epoch=facts.epoch,
+        )
+        with pytest.raises(Exception, match="KEK version 1 is gone"):
+            engine.verify(backend, vm, fresh)
+
+
+def test_neighbour_works_again_with_a_new_approval(node):
+    backend, state_dir, keys = node
+    destroy_on_node(backend, state_dir, *GONE, now=NOW, check_mode=False)
+    kept = VmDir(state_dir, *KEPT)
+    with pytest.raises(PolicyError, match="it was revoked"):
+        engine.verify(backend, kept)
+    facts = backend.facts()
+    fresh = sign_approval(
+        keys.load(*KEPT),
+        vmid=KEPT[0],
+        vm_uuid=KEPT[1],
+        node_name=facts.node_name,
+        epoch_nv_name=facts.epoch_nv_name,
+        epoch=facts.epoch,
+    )
+    engine.install_approval(backend, kept, fresh, check_mode=False)
+    assert engine.verify(backend, kept)["failed"] == []
+
+
+def test_check_mode_and_rerun_change_nothing(node):
+    backend, state_dir, _keys = node
+    epoch = backend.epoch()
+    planned = destroy_on_node(backend, state_dir, *GONE, now=NOW, check_mode=True)
+    assert planned["status"] == "would-destroy" and backend.epoch() == epoch
+    assert os.path.exists(VmDir(state_dir, *GONE).keyslot_path)
+    destroy_on_node(backend, state_dir, *GONE, now=NOW, check_mode=False)
+    again = destroy_on_node(backend, state_dir, *GONE, now=NOW, check_mode=False)
+    assert again["status"] == "already-destroyed" and again["changed"] is False
+    assert backend.epoch() == epoch + 1
+    assert read_record(state_dir, GONE[1])["epoch_after"] == epoch + 1
+
+
+def test_symlink_in_the_vm_folder_is_refused_and_nothing_destroyed(node, tmp_path):
+    backend, state_dir, _keys = node
+    victim = tmp_path / "elsewhere"
+    victim.write_text("keep me")
+    os.symlink(victim, os.path.join(VmDir(state_dir, *GONE).path, "c.sealed"))
+    epoch = backend.epoch()
+    with pytest.raises(InputError, match="not a regular file"):
+        destroy_on_node(backend, state_dir, *GONE, now=NOW, check_mode=False)
+    assert victim.read_text() == "keep me" and backend.epoch() == epoch
+
+
+def test_another_vms_state_under_a_reused_vmid_is_not_destroyed(node):
+    backend, state_dir, _keys = node
+    with pytest.raises(InputError, match="refusing to destroy another VM's state"):
+        destroy_on_node(backend, state_dir, GONE[0], "99999999-9999-4999-8999-999999999999", now=NOW, check_mode=False)
+    assert os.path.exists(VmDir(state_dir, *GONE).keyslot_path)
+
+
+def test_policy_key_tombstone_forbids_any_new_key(tmp_path):
+    keys = PolicyKeyStore(str(tmp_path))
+    keys.create(*GONE)
+    assert keys.destroy(*GONE, now=NOW) is True
+    assert not keys.exists(*GONE) and keys.destroyed_at(*GONE) == NOW
+    assert keys.destroy(*GONE, now=NOW) is False
+    with pytest.raises(PolicyError, match="was decommissioned"):
+        keys.create(*GONE)
+    with pytest.raises(PolicyError, match="was decommissioned"):
+        keys.refuse_destroyed(*GONE)
+    keys.create(GONE[0], "0dd0beef-0000-4000-8000-000000000200")  # the VMID reused by a new VM
+
+
+# -- receipts ---------------------------------------------------------------------
+
+
+def receipt_doc(**changes):
+    kwargs = {
+        "vmid": GONE[0],
+        "vm_uuid": GONE[1],
+        "cluster": "lab",
+        "policy_key": {"key_name": "000b" + "00" * 32, "destroyed_at": NOW, "status": "destroyed"},
+        "tombstone": {"version": 2, "digest": "ab" * 32, "destroyed": True},
+        "locations": [
+            {"node": "b", "status": "destroyed", "evidence": {"destroyed_at": NOW}},
+            {"node": "a", "status": "unreachable", "evidence": None},
+        ],
+        "issued_at": NOW,
+    }
+    kwargs.update(changes)
+    return rc.build_receipt(**kwargs)
+
+
+def test_receipt_lists_unreachable_and_is_not_final():
+    doc = receipt_doc()
+    assert doc["unreachable"] == ["a"] and doc["final"] is False
+    assert [loc["node"] for loc in doc["locations"]] == ["a", "b"]
+    assert [s["state"] for s in doc["key_states"]] == ["active", "deactivated"]
+    final = receipt_doc(locations=[{"node": "a", "status": "destroyed", "evidence": {"destroyed_at": NOW}}])
+    assert final["final"] is True and final["key_states"][-1]["state"] == "destroyed"
+
+
+def test_receipt_refuses_unknown_location_status():
+    with pytest.raises(InputError, match="status"):
+        receipt_doc(locations=[{"node": "a", "status": "gone"}])
+
+
+def test_receipt_signature_verifies_and_tampering_is_refused():
+    keys = [Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32) for n in (1, 2)]
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    root = load_root(new_root(keys, 2, issued_at=now, expires=now + timedelta(days=365)), "root", now)
+    envelope = rc.sign_receipt(receipt_doc(), keys)
+    assert rc.verify_receipt(envelope, root)["vm"]["vm_uuid"] == GONE[1]
+    tampered = dataclasses.replace(envelope, payload=envelope.payload.replace(b'"final":false', b'"final":true'))
+    with pytest.raises(VerificationError):
+        rc.verify_receipt(tampered, root)
+    with pytest.raises(VerificationError):
+        rc.verify_receipt(rc.sign_receipt(receipt_doc(), keys[:1]), root)  # threshold 2 not met
+    with pytest.raises(VerificationError, match="payloadType"):
+        rc.verify_receipt(dsse.sign(b"{}", "application/other", keys), root)
