@@ -105,6 +105,17 @@ def unseal_policy(
     return d
 
 
+def duplicate_policy(target_srk_name: bytes, epoch_nv_name: bytes, epoch: int) -> bytes:
+    """The sub-policy a duplication grant signs: duplicate only to this target SRK, only at the source's epoch.
+
+    PolicyDuplicationSelect(target SRK name) ∧ PolicyNV(source epoch == e); a source epoch bump also
+    revokes unused grants. PolicyDuplicationSelect itself limits the session to TPM2_Duplicate, and the
+    TPM refuses it after a PolicyCommandCode, so there is no separate PolicyCommandCode(Duplicate) term.
+    """
+    d = duplication_select(ZERO_DIGEST, target_srk_name)
+    return nv(d, epoch_nv_name, epoch_operand(epoch))
+
+
 def approval_hash(approved_policy: bytes, ref: bytes) -> bytes:
     """aHash that the policy key signs and TPM2_VerifySignature checks."""
     return _h(approved_policy, ref)
