@@ -5,7 +5,7 @@ on the target. The VRK never leaves a TPM in the clear: the duplicate is encrypt
 
 from __future__ import annotations
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import PolicyError, TpmError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import PolicyError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm import compat
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.context import tpm_errors
@@ -37,7 +37,9 @@ def duplicate_to(
     target_name = bytes(target.get_name())
     key = obj = parent = sess = None
     try:
-        with tpm_errors("checking the duplication grant's signature", "the grant was not signed by this VM's policy key"):
+        with tpm_errors(
+            "checking the duplication grant's signature", "the grant was not signed by this VM's policy key"
+        ):
             key = node.ctx.load_external(key_pub, hierarchy=t.ESYS_TR.OWNER)
             ticket = node.ctx.verify_signature(
                 key, pd.approval_hash(approved_policy, policy_ref), _signature(node, signature_r, signature_s)
@@ -50,7 +52,11 @@ def duplicate_to(
             parent = node.ctx.load_external(target, hierarchy=t.ESYS_TR.OWNER)
         with tpm_errors("starting the duplication policy session"):
             sess = node.ctx.start_auth_session(
-                t.ESYS_TR.NONE, t.ESYS_TR.NONE, t.TPM2_SE.POLICY, t.TPMT_SYM_DEF(algorithm=t.TPM2_ALG.NULL), t.TPM2_ALG.SHA256
+                t.ESYS_TR.NONE,
+                t.ESYS_TR.NONE,
+                t.TPM2_SE.POLICY,
+                t.TPMT_SYM_DEF(algorithm=t.TPM2_ALG.NULL),
+                t.TPM2_ALG.SHA256,
             )
             # nameHash covers the object's name even when the digest leaves it out (includeObject NO),
             # so one grant serves any keyslot of the VM but the session is bound to this one.
@@ -79,11 +85,6 @@ def import_here(node: TpmNode, *, public: bytes, duplicate: bytes, seed: bytes) 
     pub = _unmarshal(t, public, "TPM2B_PUBLIC", "keyslot public area")
     dup = _unmarshal(t, duplicate, "TPM2B_PRIVATE", "duplicate")
     sym_seed = _unmarshal(t, seed, "TPM2B_ENCRYPTED_SECRET", "encrypted seed")
-    try:
-        with tpm_errors("importing the keyslot", "the duplicate was made for another TPM's SRK, or was altered"):
-            private = node.ctx.import_(
-                node.srk(), b"", pub, dup, sym_seed, t.TPMT_SYM_DEF_OBJECT(algorithm=t.TPM2_ALG.NULL)
-            )
-    except TpmError:
-        raise
+    with tpm_errors("importing the keyslot", "the duplicate was made for another TPM's SRK, or was altered"):
+        private = node.ctx.import_(node.srk(), b"", pub, dup, sym_seed, t.TPMT_SYM_DEF_OBJECT(algorithm=t.TPM2_ALG.NULL))
     return private.marshal()
