@@ -86,5 +86,7 @@ def import_here(node: TpmNode, *, public: bytes, duplicate: bytes, seed: bytes) 
     dup = _unmarshal(t, duplicate, "TPM2B_PRIVATE", "duplicate")
     sym_seed = _unmarshal(t, seed, "TPM2B_ENCRYPTED_SECRET", "encrypted seed")
     with tpm_errors("importing the keyslot", "the duplicate was made for another TPM's SRK, or was altered"):
-        private = node.ctx.import_(node.srk(), b"", pub, dup, sym_seed, t.TPMT_SYM_DEF_OBJECT(algorithm=t.TPM2_ALG.NULL))
+        private = node.ctx.import_(
+            node.srk(), b"", pub, dup, sym_seed, t.TPMT_SYM_DEF_OBJECT(algorithm=t.TPM2_ALG.NULL)
+        )
     return private.marshal()
