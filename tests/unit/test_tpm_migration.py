@@ -6,19 +6,21 @@ import os
 
 import pytest
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import PolicyError, TpmError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError, PolicyError, TpmError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import (
     Prehashed,
     decode_dss_signature,
     ec,
     hashes,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.grant import grant_from_dict
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.keyname import (
     parse_policy_key_public,
     policy_key_public,
 )
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import sign_approval, sign_grant
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.verify import check_grant
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm import keyslot as tpm_keyslot
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.duplicate import duplicate_to, import_here
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
@@ -70,13 +72,34 @@ def unseal_on(node: TpmNode, key, public, private, key_public, key_name):
     )
 
 
+def grant_for(a: TpmNode, key, target: TpmNode, epoch=None):
+    return sign_grant(
+        key,
+        vmid=100,
+        vm_uuid=UUID,
+        source_name=a.name(a.srk()),
+        source_epoch_nv_name=a.name(a.epoch_nv()),
+        epoch=a.epoch() if epoch is None else epoch,
+        target_name=target.name(target.srk()),
+        target_public=target.ctx.read_public(target.srk())[0].marshal(),
+    )
+
+
 def export(a: TpmNode, key, slot, target: TpmNode, *, grant_target: TpmNode | None = None, epoch=None):
     _vrk, public, private, key_public, key_name = slot
     target_public = target.ctx.read_public(target.srk())[0].marshal()
-    named = grant_target or target
-    epoch = a.epoch() if epoch is None else epoch
-    approved = pd.duplicate_policy(named.name(named.srk()), a.name(a.epoch_nv()), epoch)
-    r, s = signed(key, approved)
+    grant = grant_for(a, key, grant_target or target, epoch)
+    check_grant(
+        grant,
+        vmid=100,
+        vm_uuid=UUID,
+        key_public=key_public,
+        key_name=key_name,
+        source_name=a.name(a.srk()),
+        epoch_nv_name=a.name(a.epoch_nv()),
+    )
+    assert grant_from_dict(grant.to_dict(), "grant") == grant
+    approved, r, s, epoch = grant.approved_policy, grant.signature_r, grant.signature_s, grant.epoch
     return duplicate_to(
         a,
         public=public,
@@ -180,3 +203,34 @@ def test_duplicate_imported_on_the_wrong_tpm_is_refused(pair, swtpm):
         duplicate, seed = export(a, key, slot, b)
         with pytest.raises(TpmError, match="importing"):
             import_here(c, public=slot[1], duplicate=duplicate, seed=seed)
+
+
+def test_grant_for_another_source_node_is_refused_before_the_tpm(pair):
+    a, b = pair
+    key = ec.generate_private_key(ec.SECP256R1())
+    slot = seal_on(a, key)
+    grant = grant_for(b, key, a)  # lets the VM leave b, presented on a
+    with pytest.raises(PolicyError, match="leave node"):
+        check_grant(
+            grant,
+            vmid=100,
+            vm_uuid=UUID,
+            key_public=slot[3],
+            key_name=slot[4],
+            source_name=a.name(a.srk()),
+            epoch_nv_name=a.name(a.epoch_nv()),
+        )
+
+
+def test_grant_format_is_strict(pair):
+    a, b = pair
+    doc = grant_for(a, ec.generate_private_key(ec.SECP256R1()), b).to_dict()
+    for change, message in (
+        ({"policy_ref": "ironclaw:vm:00000000-0000-4000-8000-000000000000"}, "policy_ref"),
+        ({"extra": 1}, "extra"),
+        ({"epoch": True}, "epoch"),
+        ({"format": "ironclaw-grant/2"}, "ironclaw-grant/2"),
+        ({"target_public": ""}, "target_public"),
+    ):
+        with pytest.raises(FormatError, match=message):
+            grant_from_dict({**doc, **change}, "grant")

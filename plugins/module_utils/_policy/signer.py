@@ -27,6 +27,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import Approval, PcrBinding
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.grant import Grant
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.keyname import (
     parse_policy_key_public,
@@ -153,10 +154,7 @@ def sign_approval(
     if (pcrs is None) != (pcr_digest is None):
         raise InputError("a PCR selection needs its PCR digest (and the other way round)")
     approved = pd.unseal_policy(node_name, epoch_nv_name, epoch, pcrs, pcr_digest)
-    ref = pd.policy_ref_for(validate.vm_uuid(vm_uuid))
-    der = key.sign(pd.approval_hash(approved, ref), ec.ECDSA(Prehashed(hashes.SHA256())))
-    r, s = decode_dss_signature(der)
-    _k, key_name = parse_policy_key_public(policy_key_public(key.public_key()))
+    r, s, key_name = _sign_policy(key, vm_uuid, approved)
     return Approval(
         vmid=validate.vmid(vmid),
         vm_uuid=validate.vm_uuid(vm_uuid),
@@ -165,7 +163,45 @@ def sign_approval(
         pcrs=PcrBinding(selection=str(pcrs), digest=pcr_digest) if pcrs is not None else None,
         approved_policy=approved,
         key_name=key_name,
-        signature_r=r.to_bytes(32, "big"),
-        signature_s=s.to_bytes(32, "big"),
+        signature_r=r,
+        signature_s=s,
+        issued_at=issued_at or canonical.utc_timestamp(),
+    )
+
+
+def _sign_policy(key, vm_uuid: str, approved: bytes) -> tuple[bytes, bytes, bytes]:
+    """ECDSA over aHash = SHA-256(approvedPolicy || "ironclaw:vm:<uuid>"); returns (r, s, key name)."""
+    ref = pd.policy_ref_for(validate.vm_uuid(vm_uuid))
+    r, s = decode_dss_signature(key.sign(pd.approval_hash(approved, ref), ec.ECDSA(Prehashed(hashes.SHA256()))))
+    key_name = parse_policy_key_public(policy_key_public(key.public_key()))[1]
+    return r.to_bytes(32, "big"), s.to_bytes(32, "big"), key_name
+
+
+def sign_grant(
+    key,
+    *,
+    vmid: int,
+    vm_uuid: str,
+    source_name: bytes,
+    source_epoch_nv_name: bytes,
+    epoch: int,
+    target_name: bytes,
+    target_public: bytes,
+    issued_at: str | None = None,
+) -> Grant:
+    """Allow this VM's keyslot to be duplicated from the source (at its epoch) to exactly one target SRK."""
+    approved = pd.duplicate_policy(target_name, source_epoch_nv_name, epoch)
+    r, s, key_name = _sign_policy(key, vm_uuid, approved)
+    return Grant(
+        vmid=validate.vmid(vmid),
+        vm_uuid=validate.vm_uuid(vm_uuid),
+        source_name=source_name,
+        epoch=epoch,
+        target_name=target_name,
+        target_public=target_public,
+        approved_policy=approved,
+        key_name=key_name,
+        signature_r=r,
+        signature_s=s,
         issued_at=issued_at or canonical.utc_timestamp(),
     )

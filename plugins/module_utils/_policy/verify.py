@@ -79,3 +79,27 @@ def check_approval(
         key_public, approval.approved_policy, pd.policy_ref_for(vm_uuid), approval.signature_r, approval.signature_s
     )
     return selection
+
+
+def check_grant(
+    grant,
+    *,
+    vmid: int,
+    vm_uuid: str,
+    key_public: bytes,
+    key_name: bytes,
+    source_name: bytes,
+    epoch_nv_name: bytes,
+) -> None:
+    """Check a duplication grant against this VM, its keyslot's policy key and this (source) node."""
+    if grant.vmid != vmid or grant.vm_uuid != vm_uuid:
+        raise PolicyError(f"the grant is for VM {grant.vmid} ({grant.vm_uuid}), not VM {vmid} ({vm_uuid})")
+    if grant.key_name != key_name:
+        raise PolicyError("the grant was signed by another policy key than this keyslot's (unknown policy key)")
+    if grant.source_name != source_name:
+        raise PolicyError(
+            f"the grant lets the VM leave node {grant.source_name.hex()[:16]}…, not this node {source_name.hex()[:16]}…"
+        )
+    if grant.approved_policy != pd.duplicate_policy(grant.target_name, epoch_nv_name, grant.epoch):
+        raise PolicyError("the grant's signed policy is not a duplication to its target at its epoch (altered?)")
+    check_signature(key_public, grant.approved_policy, pd.policy_ref_for(vm_uuid), grant.signature_r, grant.signature_s)
