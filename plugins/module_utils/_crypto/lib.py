@@ -20,6 +20,7 @@ __all__ = [
     "InvalidUnwrap",
     "Prehashed",
     "X25519PrivateKey",
+    "X25519PublicKey",
     "aes_key_unwrap_with_padding",
     "aes_key_wrap_with_padding",
     "decode_dss_signature",
@@ -36,7 +37,7 @@ try:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
     from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     from cryptography.hazmat.primitives.keywrap import (
@@ -48,7 +49,7 @@ try:
     IMPORT_ERROR = None
 except ImportError as exc:
     IMPORT_ERROR = exc
-    hashes = serialization = ec = Prehashed = X25519PrivateKey = AESGCM = HKDF = None
+    hashes = serialization = ec = Prehashed = X25519PrivateKey = X25519PublicKey = AESGCM = HKDF = None
     Ed25519PrivateKey = Ed25519PublicKey = None
     decode_dss_signature = encode_dss_signature = aes_key_wrap_with_padding = aes_key_unwrap_with_padding = None
 
