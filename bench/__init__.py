@@ -1,0 +1,1 @@
+"""Benchmarks: ironclaw.sealed against clevis and systemd-creds on the same swtpm (``make bench``)."""

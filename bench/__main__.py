@@ -1,0 +1,142 @@
+"""``python -m bench [--quick]``: seal and unseal N secrets of one VM with ironclaw, clevis and systemd-creds.
+
+Every run gets a fresh swtpm behind a TPM command counter. Prints a table and
+writes the same figures to bench/out (JSON, a Markdown table, a PNG plot).
+See bench/README.md; ``make bench`` installs what this needs first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import checkout
+
+checkout.setup()
+
+from bench import machine, measure, plot, report  # noqa: E402
+from bench.procs import ProcessCounter  # noqa: E402
+from bench.tools import SECRET_BYTES, Tool  # noqa: E402
+from bench.tools.ironclaw import IronclawInProcess, IronclawPlaybook  # noqa: E402
+from bench.tools.peers import Clevis, SystemdCreds  # noqa: E402
+
+TOOLS: tuple[type[Tool], ...] = (IronclawInProcess, IronclawPlaybook, Clevis, SystemdCreds)
+SIZES = (1, 10, 100, 1000)
+QUICK_SIZES = (1, 10)
+# Runs per N. A tool that starts one process per secret runs once from N=100
+# on: a run is then N separate invocations (minutes at N=1000 for clevis),
+# so its time is already an average over N processes.
+RUNS = {1: 5, 10: 5, 100: 3, 1000: 3}
+DEFAULT_RUNS = 3
+PER_SECRET_PROCESS_ONE_RUN_FROM = 100
+
+
+def runs_for(tool: type[Tool], n: int, quick: bool) -> int:
+    if quick or (tool.per_secret_process and n >= PER_SECRET_PROCESS_ONE_RUN_FROM):
+        return 1
+    return RUNS.get(n, DEFAULT_RUNS)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: N in {QUICK_SIZES}, one run each")
+    parser.add_argument("--sizes", help="comma-separated N values instead of the default 1,10,100,1000")
+    parser.add_argument("--tools", help=f"comma-separated subset of: {', '.join(t.key for t in TOOLS)}")
+    parser.add_argument("--out", type=Path, default=checkout.OUT, help="output directory (default: bench/out)")
+    return parser.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    sizes = tuple(int(n) for n in args.sizes.split(",")) if args.sizes else QUICK_SIZES if args.quick else SIZES
+    chosen = [t for t in TOOLS if not args.tools or t.key in args.tools.split(",")]
+    started = datetime.datetime.now(datetime.UTC)
+    doc = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "sizes": list(sizes),
+        "secret_bytes": SECRET_BYTES,
+        "machine": machine.describe(),
+        "tools": {},
+        "results": [],
+        "errors": [],
+    }
+    with ProcessCounter() as procs:
+        if procs.error:
+            log(procs.error)
+        doc["process_counting"] = procs.error or "proc connector: every process created in the step, threads excluded"
+        available = []
+        for tool in chosen:
+            reason = tool.missing()
+            if reason is None:
+                # A first run at N=1 proves the tool works here (and warms caches); it is not recorded.
+                try:
+                    measure.run_once(tool, 1, procs)
+                except Exception as exc:  # any failure is reported with its own message
+                    reason = str(exc)
+            doc["tools"][tool.key] = {"label": tool.label, "not_measured": reason}
+            if reason:
+                log(f"{tool.label}: not measurable here: {reason}")
+            else:
+                available.append(tool)
+        for n in sizes:
+            runs: dict[type[Tool], list[measure.Run]] = {tool: [] for tool in available}
+            # Round robin over the tools, so that a noisy minute hits them all alike.
+            for index in range(max((runs_for(t, n, args.quick) for t in available), default=0)):
+                for tool in available:
+                    total = runs_for(tool, n, args.quick)
+                    if index >= total or tool in failed(doc, n):
+                        continue
+                    try:
+                        run = measure.run_once(tool, n, procs)
+                    except Exception as exc:  # any failure is reported with its own message
+                        doc["errors"].append({"tool": tool.key, "n": n, "error": str(exc)})
+                        log(f"N={n} {tool.label}: failed: {exc}")
+                        continue
+                    runs[tool].append(run)
+                    steps = ", ".join(
+                        f"{op} {s.seconds:.2f}s {sum(s.tpm.values())} cmds" for op, s in run.steps.items()
+                    )
+                    log(f"N={n} run {index + 1}/{total} {tool.label}: {steps}")
+            for tool, done in runs.items():
+                if done:
+                    doc["results"] += measure.summarize(tool, n, done)
+    doc["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc["ratios"] = report.ratios(doc["results"])
+    print(report.table(doc))
+    write(doc, args.out, started)
+    return 1 if doc["errors"] else 0
+
+
+def failed(doc: dict, n: int) -> set:
+    return {e["tool"] for e in doc["errors"] if e["n"] == n}
+
+
+def write(doc: dict, out: Path, started: datetime.datetime) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    # A smoke run never replaces the figures the README quotes.
+    latest = "quick" if doc["quick"] else "latest"
+    stamp = started.strftime("%Y-%m-%d-%H%M") + ("-quick" if doc["quick"] else "")
+    text = json.dumps(doc, indent=2) + "\n"
+    for path in (out / f"results-{stamp}.json", out / f"{latest}.json"):
+        path.write_text(text)
+        log(f"wrote {path}")
+    (out / f"{latest}.md").write_text(report.compact_markdown(doc) + "\n")
+    try:
+        plot.render(doc, out / f"{latest}.png")
+        log(f"wrote {out / f'{latest}.png'}")
+    except ImportError as exc:
+        log(f"no plot: {exc} (make bench installs requirements/bench.txt)")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
