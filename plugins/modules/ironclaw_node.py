@@ -35,6 +35,8 @@ options:
   vmid:
     description:
       - Proxmox VMID (100 to 999999999) of the VM to report. Only used with O(pve=true).
+      - The VM may be on any node of the cluster; compare RV(vm.node) with RV(pve_node) to know whether it is on this
+        one.
     type: int
 extends_documentation_fragment:
   - ironclaw.sealed.node
@@ -59,7 +61,7 @@ EXAMPLES = r"""
     pve: true
     vmid: 100
   register: node
-  # node.vm.node, node.vm.uuid, node.vm.ctime, node.vm.status
+  # node.vm.node, node.vm.uuid, node.vm.ctime, node.vm.status; node.pve_node is this host's node name
 """
 
 RETURN = r"""
@@ -106,6 +108,11 @@ actions:
   returned: always
   type: list
   elements: str
+pve_node:
+  description: This host's Proxmox VE node name (its hostname up to the first dot, as Proxmox names nodes).
+  returned: when O(pve=true) and O(vmid) is set
+  type: str
+  sample: pve1
 vm:
   description: The VM O(vmid) as Proxmox VE reports it.
   returned: when O(pve=true) and O(vmid) is set
@@ -173,7 +180,8 @@ def main():
                         actions = backend.provision()
             facts = backend.facts(pcrs).to_result()
         if p["pve"] and p["vmid"] is not None:
-            proxmox["vm"] = proxmox_cli(module).vm_info(p["vmid"]).to_result()
+            cli = proxmox_cli(module)
+            proxmox = {"vm": cli.vm_info(p["vmid"]).to_result(), "pve_node": cli.node}
     module.exit_json(
         changed=bool(actions),
         actions=actions,
