@@ -5,18 +5,16 @@
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import CONTROLLER_STATES, SPEC
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import SPEC
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt import build_receipt, sign_receipt
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import load_chain
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.split_action import SplitAction
 
 
 def revoked(args: dict, check_mode: bool) -> dict:
@@ -69,21 +67,7 @@ def receipted(args: dict, check_mode: bool) -> dict:
 HANDLERS = {"revoked": revoked, "receipted": receipted}
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        state = self._task.args.get("state", "absent")
-        if state not in CONTROLLER_STATES:
-            result.update(self._execute_module(task_vars=task_vars))
-            return result
-        _valid, args = self.validate_argument_spec(argument_spec=SPEC)
-        if crypto_lib.missing():
-            result.update(failed=True, msg=crypto_lib.missing())
-            return result
-        try:
-            result.update(HANDLERS[state](args, self._task.check_mode))
-        except IronclawError as exc:
-            result.update(failed=True, msg=str(exc), error=type(exc).__name__)
-        return result
+class ActionModule(SplitAction):
+    SPEC = SPEC
+    DEFAULT_STATE = "absent"
+    HANDLERS = HANDLERS

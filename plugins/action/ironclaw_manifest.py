@@ -7,15 +7,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from ansible.plugins.action import ActionBase
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import (
-    CONTROLLER_STATES,
-    SPEC,
-    clock,
-)
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC, clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.issue import next_manifest
@@ -29,6 +22,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_ro
     new_root,
     rotate,
 )
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.split_action import SplitAction
 
 
 def _roots_result(roots) -> dict:
@@ -138,22 +132,7 @@ def pending(args: dict, _check_mode: bool) -> dict:
 HANDLERS = {"trusted": trusted, "signed": signed, "requests": pending}
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        state = self._task.args.get("state")
-        if state not in CONTROLLER_STATES:
-            # built, stored, listed, verified: the module on the target (node or store host).
-            result.update(self._execute_module(task_vars=task_vars))
-            return result
-        _valid, args = self.validate_argument_spec(argument_spec=SPEC)
-        if crypto_lib.missing():
-            result.update(failed=True, msg=crypto_lib.missing())
-            return result
-        try:
-            result.update(HANDLERS[state](args, self._task.check_mode))
-        except IronclawError as exc:
-            result.update(failed=True, msg=str(exc), error=type(exc).__name__)
-        return result
+class ActionModule(SplitAction):
+    SPEC = SPEC
+    DEFAULT_STATE = None
+    HANDLERS = HANDLERS
