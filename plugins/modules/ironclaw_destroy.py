@@ -70,6 +70,25 @@ options:
   now:
     description: The clock as C(YYYY-MM-DDTHH:MM:SSZ) instead of the host's (tests).
     type: str
+  pve:
+    description:
+      - With O(state=absent) on a Proxmox VE node, look at the VM first (C(qm), C(pvesh)). A VM of this node that
+        still runs is refused before anything is destroyed, unless O(stop_vm). A VMID now used by another VM
+        (another uuid) is left alone.
+    type: bool
+    default: false
+  stop_vm:
+    description: With O(pve), shut the running VM down (then stop it after O(shutdown_timeout) seconds).
+    type: bool
+    default: false
+  shutdown_timeout:
+    description: Seconds to wait for a clean shutdown before stopping the VM.
+    type: int
+    default: 60
+  delete_vm:
+    description: With O(pve), also delete the VM itself from Proxmox (C(qm destroy)), an explicit opt-in.
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Lists exactly what would be destroyed and changes nothing.
@@ -105,6 +124,10 @@ evidence:
   description: Files removed, keyslot id, epoch before and after, what happened to TPM objects, when.
   returned: when O(state=absent)
   type: dict
+proxmox:
+  description: What Proxmox said and did, C(vm) (not on this node, stopped, shut down, stopped) and C(deleted).
+  returned: when O(state=absent) and O(pve=true)
+  type: dict
 survivors:
   description: The other VMs on the node (C(vmid), C(vm_uuid)); they need an approval for the new epoch.
   returned: when O(state=absent)
@@ -128,12 +151,14 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import SPEC, destroy_node
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli
 
 
 def main():
     module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
     with failing_on_errors(module):
-        result = destroy_node(module.params, module.check_mode)
+        cli = proxmox_cli(module) if module.params["pve"] and module.params["state"] == "absent" else None
+        result = destroy_node(module.params, module.check_mode, cli)
     module.exit_json(**result)
 
 

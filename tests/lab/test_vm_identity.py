@@ -11,24 +11,13 @@ session lab stay as the other lab tests expect them.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from labrig import LabInstance, lab_unavailable
+from playrig import ANSIBLE_PLAYBOOK, Rig
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / ".build" / "collections"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 INSTANCE = ("iclabi", "10.213.4.0/24")
-PLAYBOOK_TIMEOUT = 180
 # pve1 holds the first two VMs, pve2 the third; no VM has the fourth VMID.
 SEALED, FRESH, ELSEWHERE, MISSING = 9300, 9301, 9302, 9399
 UUIDS = {
@@ -37,68 +26,6 @@ UUIDS = {
     ELSEWHERE: "6f1c2a4e-9b7d-4c1a-8e2f-000000009302",
 }
 OTHER_UUID = "6f1c2a4e-9b7d-4c1a-8e2f-0000000093ff"
-
-
-class Rig:
-    """ansible-playbook runs of the collection's playbooks against the lab, and what they leave behind."""
-
-    def __init__(self, lab: LabInstance, root: Path):
-        self.lab = lab
-        self.root = root
-        self.controller_dir = root / "controller"
-        self.inventory = root / "inventory.yml"
-        self.inventory.write_text(lab.cli("inventory").stdout)
-        (root / "ansible.cfg").write_text("")
-        secret = root / "master-key.bin"
-        secret.write_bytes(os.urandom(4096))
-        self.secrets = root / "secrets.json"
-        self.secrets.write_text(json.dumps({"ironclaw_secrets": [{"name": "master-key", "src": str(secret)}]}))
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
-        self.env.update(
-            ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-            ANSIBLE_CONFIG=str(root / "ansible.cfg"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_LOCAL_TEMP=str(root / "tmp"),
-            ANSIBLE_SSH_CONTROL_PATH_DIR=str(root / "cp"),
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            TSS2_LOG="all+NONE",
-        )
-
-    def run(self, playbook: str, *args: str, fail: bool = False) -> str:
-        argv = [str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), f"ironclaw.sealed.{playbook}"]
-        argv += ["-e", f"ironclaw_controller_dir={self.controller_dir}", *args]
-        proc = subprocess.run(
-            argv, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False
-        )
-        shown = f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
-        assert (proc.returncode != 0) == fail, shown
-        return proc.stdout
-
-    def provision(self, node: str, vmid: int, *args: str, fail: bool = False) -> str:
-        extra = ["-e", f"ironclaw_node={node}", "-e", f"ironclaw_vmid={vmid}", "-e", f"@{self.secrets}"]
-        return self.run("provision", *extra, *args, fail=fail)
-
-    def verify(self, node: str, vmid: int, *args: str, fail: bool = False) -> str:
-        return self.run("verify", "-e", f"ironclaw_node={node}", "-e", f"ironclaw_vmid={vmid}", *args, fail=fail)
-
-    def snapshot(self) -> dict[str, str]:
-        """Every file on the controller and in the nodes' state directories, with its SHA-256."""
-        found = {}
-        for path in sorted(self.controller_dir.rglob("*")):
-            if path.is_file() and ".locks" not in path.parts:
-                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-        files = "find /var/lib/ironclaw -path '*/.locks' -prune -o -type f -print0 | sort -z | xargs -0r sha256sum"
-        for index in (1, 2):
-            listing = self.lab.ssh(index, files).stdout
-            for line in listing.splitlines():
-                digest, path = line.split(maxsplit=1)
-                found[f"pve{index}:{path}"] = digest
-        return found
-
-    def manifests(self, vm_uuid: str) -> list[dict]:
-        """The payloads of a VM's manifests in the store, oldest first."""
-        paths = sorted((self.controller_dir / "store" / "vms" / vm_uuid).glob("manifest-*.json"))
-        return [json.loads(base64.b64decode(json.loads(path.read_text())["payload"])) for path in paths]
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,34 @@ SPEC = {
     "policy_key": {"type": "dict", "no_log": False},
     "tombstone": {"type": "dict"},
     "now": {"type": "str"},
+    "pve": {"type": "bool", "default": False},
+    "stop_vm": {"type": "bool", "default": False},
+    "shutdown_timeout": {"type": "int", "default": 60},
+    "delete_vm": {"type": "bool", "default": False},
 }
 
 
-def destroy_node(p: dict, check_mode: bool) -> dict:
+def proxmox_before(p: dict, cli, vmid: int, vm_uuid: str, check_mode: bool) -> dict:
+    """Before anything is destroyed: the VM, if it is this node's and still this VM (VMIDs are reused), must be
+    stopped, and is stopped only with stop_vm. Returns what Proxmox said, for the evidence."""
+    info = cli.vm_info(vmid)
+    if not info.exists or info.node != cli.node:
+        return {"vm": "not on this node"}
+    if (info.uuid or "").lower() != vm_uuid:
+        return {"vm": f"VMID {vmid} on this node is now another VM (uuid {info.uuid}): left alone"}
+    if info.status == "running":
+        if not p["stop_vm"]:
+            raise InputError(
+                f"VM {vmid} is running on node {cli.node}: nothing was destroyed. Stop it first, or allow "
+                "decommission to shut it down (then stop it) with destroy_stop_vm=true"
+            )
+        if check_mode:
+            return {"vm": "would shut down (then stop)"}
+        return {"vm": cli.shutdown(vmid, p["shutdown_timeout"])}
+    return {"vm": "stopped"}
+
+
+def destroy_node(p: dict, check_mode: bool, cli=None) -> dict:
     if p["state"] in CONTROLLER_STATES:
         raise InputError(
             f"state={p['state']} runs on the controller through the collection's action plugin; "
@@ -39,10 +63,21 @@ def destroy_node(p: dict, check_mode: bool) -> dict:
         )
     vmid, vm_uuid = validate.vmid(p["vmid"]), validate.vm_uuid(p["vm_uuid"])
     now = canonical.utc_timestamp(clock(p["now"]))
+    proxmox = proxmox_before(p, cli, vmid, vm_uuid, check_mode) if cli is not None else {}
     with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend:
         if check_mode:
-            return destroy_on_node(backend, p["state_dir"], vmid, vm_uuid, now=now, check_mode=True)
-        # Exclusive node lock: the epoch bump must not interleave with any seal or unseal on this node.
-        with locked(p["state_dir"], "node", p["lock_timeout"]):
-            with locked(p["state_dir"], f"vm-{vmid}", p["lock_timeout"]):
-                return destroy_on_node(backend, p["state_dir"], vmid, vm_uuid, now=now, check_mode=False)
+            result = destroy_on_node(backend, p["state_dir"], vmid, vm_uuid, now=now, check_mode=True)
+        else:
+            # Exclusive node lock: the epoch bump must not interleave with any seal or unseal on this node.
+            with locked(p["state_dir"], "node", p["lock_timeout"]):
+                with locked(p["state_dir"], f"vm-{vmid}", p["lock_timeout"]):
+                    result = destroy_on_node(backend, p["state_dir"], vmid, vm_uuid, now=now, check_mode=False)
+    if proxmox:
+        result["proxmox"] = proxmox
+        if p["delete_vm"] and proxmox["vm"] not in ("not on this node",) and "another VM" not in proxmox["vm"]:
+            if check_mode:
+                proxmox["deleted"] = "would delete the VM (qm destroy)"
+            else:
+                proxmox["deleted"] = cli.destroy(vmid)
+                result["changed"] = result["changed"] or proxmox["deleted"]
+    return result

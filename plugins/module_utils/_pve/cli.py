@@ -189,6 +189,15 @@ class ProxmoxCli:
                 raise ProxmoxError(f"{shutdown_error}; then {stop_error}") from None
             return "stopped"
 
+    def destroy(self, vmid: int) -> bool:
+        """``qm destroy`` this node's stopped VM (its config and disks); False when it does not exist here."""
+        vmid = check_vmid(vmid)
+        info = self.vm_info(vmid)
+        if not info.exists or info.node != self.node:
+            return False
+        self._call([self.qm, "destroy", vmid], vmid)
+        return True
+
     def migrate(self, vmid: int, target: str, online: bool = False) -> str:
         """``qm migrate`` this node's VM to `target`; returns the task log. Without `online` the VM must be stopped."""
         vmid = check_vmid(vmid)
