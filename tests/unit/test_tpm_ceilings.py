@@ -31,8 +31,8 @@ CEILINGS = {
     "provision": 10,
     # enroll re-run: lookups only (ReadPublic ×2, NV_ReadPublic ×4)
     "provision_again": 6,
-    # SRK and epoch counter lookups (ReadPublic ×3, NV_ReadPublic ×2), NV_Read of the epoch
-    "facts": 6,
+    # SRK and epoch counter lookups (ReadPublic ×2, NV_ReadPublic ×2), NV_Read of the epoch
+    "facts": 5,
     # lookups (4), then one salted session, one Create, its flush: whatever the number of secrets
     "seal_new_vm": 7,
     # lookups (4), approval signature check (LoadExternal, VerifySignature, flush), Load, policy session

@@ -103,13 +103,37 @@ class Approval:
         return data
 
 
-def approval_from_dict(doc: object, what: str) -> Approval:
-    """Check an already-decoded approval (a module parameter) exactly as strictly as the file."""
+def signed_policy_fields(doc: object, fmt: str, fields: dict, what: str) -> dict:
+    """Check a signed-policy document (approval or grant): its exact fields, then the parts they all share.
+
+    Returns vmid, vm_uuid, approved_policy, key_name, signature_r, signature_s and issued_at, parsed.
+    """
     if not isinstance(doc, dict):
         raise FormatError(f"{what}: expected a JSON object, found {type(doc).__name__}")
-    canonical.require_format(doc, APPROVAL_FORMAT, what)
-    canonical.require_fields(doc, _FIELDS, what)
+    canonical.require_format(doc, fmt, what)
+    canonical.require_fields(doc, fields, what)
     canonical.require_fields(doc["signature"], _SIGNATURE_FIELDS, what, prefix="signature.")
+    vm_uuid = canonical.checked(validate.vm_uuid, doc["vm_uuid"], what, "vm_uuid")
+    if doc["policy_ref"] != policy_ref(vm_uuid):
+        raise FormatError(
+            f"{what}: field 'policy_ref' must be '{policy_ref(vm_uuid)}' (from vm_uuid), "
+            f"found {canonical.show(doc['policy_ref'])}; it was made for another VM or altered"
+        )
+    signature = doc["signature"]
+    return {
+        "vmid": canonical.checked(validate.vmid, doc["vmid"], what, "vmid"),
+        "vm_uuid": vm_uuid,
+        "approved_policy": canonical.hex_bytes(doc["approved_policy"], f"{what}: field 'approved_policy'", DIGEST_LEN),
+        "key_name": canonical.tpm_name(doc["key_name"], f"{what}: field 'key_name'"),
+        "signature_r": canonical.b64decode(signature["r"], f"{what}: field 'signature.r'", SCALAR_LEN),
+        "signature_s": canonical.b64decode(signature["s"], f"{what}: field 'signature.s'", SCALAR_LEN),
+        "issued_at": canonical.timestamp_field(doc["issued_at"], what, "issued_at"),
+    }
+
+
+def approval_from_dict(doc: object, what: str) -> Approval:
+    """Check an already-decoded approval (a module parameter) exactly as strictly as the file."""
+    common = signed_policy_fields(doc, APPROVAL_FORMAT, _FIELDS, what)
     pcrs = None
     if doc["pcrs"] is not None:
         canonical.require_fields(doc["pcrs"], _PCR_FIELDS, what, prefix="pcrs.")
@@ -118,24 +142,11 @@ def approval_from_dict(doc: object, what: str) -> Approval:
             selection=doc["pcrs"]["selection"],
             digest=canonical.hex_bytes(doc["pcrs"]["digest"], f"{what}: field 'pcrs.digest'", DIGEST_LEN),
         )
-    vm_uuid = canonical.checked(validate.vm_uuid, doc["vm_uuid"], what, "vm_uuid")
-    if doc["policy_ref"] != policy_ref(vm_uuid):
-        raise FormatError(
-            f"{what}: field 'policy_ref' must be '{policy_ref(vm_uuid)}' (from vm_uuid), "
-            f"found {canonical.show(doc['policy_ref'])}; this approval was made for another VM or altered"
-        )
-    signature = doc["signature"]
     return Approval(
-        vmid=canonical.checked(validate.vmid, doc["vmid"], what, "vmid"),
-        vm_uuid=vm_uuid,
         node_name=canonical.tpm_name(doc["node"], f"{what}: field 'node'"),
         epoch=canonical.int_field(doc["epoch"], what, "epoch", 0, MAX_EPOCH),
         pcrs=pcrs,
-        approved_policy=canonical.hex_bytes(doc["approved_policy"], f"{what}: field 'approved_policy'", DIGEST_LEN),
-        key_name=canonical.tpm_name(doc["key_name"], f"{what}: field 'key_name'"),
-        signature_r=canonical.b64decode(signature["r"], f"{what}: field 'signature.r'", SCALAR_LEN),
-        signature_s=canonical.b64decode(signature["s"], f"{what}: field 'signature.s'", SCALAR_LEN),
-        issued_at=canonical.timestamp_field(doc["issued_at"], what, "issued_at"),
+        **common,
     )
 
 

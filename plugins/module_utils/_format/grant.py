@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import DIGEST_LEN, MAX_EPOCH, SCALAR_LEN
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import MAX_EPOCH, signed_policy_fields
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import policy_ref
 
 GRANT_FORMAT = "ironclaw-grant/1"
@@ -28,7 +27,6 @@ _FIELDS = {
     "signature": dict,
     "issued_at": str,
 }
-_SIGNATURE_FIELDS = {"r": str, "s": str}
 
 
 @dataclass(frozen=True)
@@ -70,27 +68,14 @@ class Grant:
 
 
 def grant_from_dict(doc: object, what: str) -> Grant:
-    if not isinstance(doc, dict):
-        raise FormatError(f"{what}: expected a JSON object, found {type(doc).__name__}")
-    canonical.require_format(doc, GRANT_FORMAT, what)
-    canonical.require_fields(doc, _FIELDS, what)
-    canonical.require_fields(doc["signature"], _SIGNATURE_FIELDS, what, prefix="signature.")
-    vm_uuid = canonical.checked(validate.vm_uuid, doc["vm_uuid"], what, "vm_uuid")
-    if doc["policy_ref"] != policy_ref(vm_uuid):
-        raise FormatError(f"{what}: field 'policy_ref' must be '{policy_ref(vm_uuid)}'; the grant was altered")
+    common = signed_policy_fields(doc, GRANT_FORMAT, _FIELDS, what)
     target_public = canonical.b64decode(doc["target_public"], f"{what}: field 'target_public'")
     if not target_public:
         raise FormatError(f"{what}: field 'target_public' must not be empty")
     return Grant(
-        vmid=canonical.checked(validate.vmid, doc["vmid"], what, "vmid"),
-        vm_uuid=vm_uuid,
         source_name=canonical.tpm_name(doc["source"], f"{what}: field 'source'"),
         epoch=canonical.int_field(doc["epoch"], what, "epoch", 0, MAX_EPOCH),
         target_name=canonical.tpm_name(doc["target"], f"{what}: field 'target'"),
         target_public=target_public,
-        approved_policy=canonical.hex_bytes(doc["approved_policy"], f"{what}: field 'approved_policy'", DIGEST_LEN),
-        key_name=canonical.tpm_name(doc["key_name"], f"{what}: field 'key_name'"),
-        signature_r=canonical.b64decode(doc["signature"]["r"], f"{what}: field 'signature.r'", SCALAR_LEN),
-        signature_s=canonical.b64decode(doc["signature"]["s"], f"{what}: field 'signature.s'", SCALAR_LEN),
-        issued_at=canonical.timestamp_field(doc["issued_at"], what, "issued_at"),
+        **common,
     )

@@ -20,12 +20,8 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files impo
     write_atomic,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import Ed25519PrivateKey, serialization
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.dsse import keyid_of, parse_envelope
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.dsse import keyid_of, parse_envelope, raw_public
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import root_version
-
-
-def raw_public(key) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 class TrustKeyStore:

@@ -21,6 +21,7 @@ class TpmNode:
         self.t = pytss()
         self.ctx = open_esapi(tcti)
         self._srk = None
+        self._srk_public = None  # (TPM2B_PUBLIC, name) read once by _check_srk
         self._epoch_nv = None
 
     # -- lifecycle -------------------------------------------------------
@@ -31,7 +32,7 @@ class TpmNode:
                     self.ctx.tr_close(handle)
                 except self.t.TSS2_Exception:
                     pass
-        self._srk = self._epoch_nv = None
+        self._srk = self._srk_public = self._epoch_nv = None
         self.ctx.close()
 
     def __enter__(self):
@@ -65,7 +66,8 @@ class TpmNode:
     def _check_srk(self, handle) -> None:
         t = self.t
         with tpm_errors("reading the SRK public area"):
-            pub, _name, _qname = self.ctx.read_public(handle)
+            pub, name, _qname = self.ctx.read_public(handle)
+        self._srk_public = (pub, bytes(name))
         area = pub.publicArea
         need = t.TPMA_OBJECT.RESTRICTED | t.TPMA_OBJECT.DECRYPT | t.TPMA_OBJECT.FIXEDTPM | t.TPMA_OBJECT.FIXEDPARENT
         if (
@@ -192,9 +194,12 @@ class TpmNode:
         if srk is None:
             facts.missing.append("srk")
         else:
-            with tpm_errors("reading the SRK public area"):
-                pub, name, _q = self.ctx.read_public(srk)
-            facts.node_name = bytes(name)
+            if self._srk_public is None:  # just created by provision(): not read yet
+                with tpm_errors("reading the SRK public area"):
+                    pub, name, _q = self.ctx.read_public(srk)
+                self._srk_public = (pub, bytes(name))
+            pub, name = self._srk_public
+            facts.node_name = name
             facts.node_public = pub.marshal()
         if nv is None:
             facts.missing.append("epoch counter")
