@@ -99,6 +99,14 @@ def counted_swtpm():
         yield CountedSwtpm(tpm, counter)
 
 
+@pytest.fixture
+def counted_swtpm_pair():
+    """Two counted TPMs (source and target of a migration)."""
+    _require_swtpm()
+    with Swtpm() as first, Swtpm() as second, TpmCommandCounter(first) as c1, TpmCommandCounter(second) as c2:
+        yield CountedSwtpm(first, c1), CountedSwtpm(second, c2)
+
+
 @pytest.fixture(scope="session")
 def shared_swtpm():
     """One TPM for the whole session: only for tests that do not change TPM state."""

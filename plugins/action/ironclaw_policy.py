@@ -10,17 +10,22 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import (
+    PolicyKeyStore,
+    sign_approval,
+    sign_grant,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
 
 DEFAULT_CONTROLLER_DIR = "~/.local/share/ironclaw"
 
 ARGUMENT_SPEC = {
-    "state": {"type": "str", "default": "present", "choices": ["present", "approved"]},
+    "state": {"type": "str", "default": "present", "choices": ["present", "approved", "granted"]},
     "vmid": {"type": "int", "required": True},
     "vm_uuid": {"type": "str", "required": True},
     "controller_dir": {"type": "path", "default": DEFAULT_CONTROLLER_DIR},
     "node": {"type": "dict"},
+    "target": {"type": "dict"},
     "epoch": {"type": "int"},
     "pcrs": {"type": "dict"},
     "policy": {"type": "raw"},
@@ -30,7 +35,8 @@ ARGUMENT_SPEC = {
 def _node_binding(node: dict, epoch_override):
     if not node:
         raise InputError(
-            "state=approved needs node: the ironclaw_node result (srk_name, epoch_nv_name, epoch) or record"
+            "state=approved and state=granted need node: "
+            "the ironclaw_node result (srk_name, epoch_nv_name, epoch) or record"
         )
     missing = [k for k in ("srk_name", "epoch_nv_name") if not node.get(k)]
     if missing:
@@ -45,6 +51,18 @@ def _node_binding(node: dict, epoch_override):
         canonical.tpm_name(node["epoch_nv_name"], "node.epoch_nv_name"),
         epoch,
     )
+
+
+def _target_binding(target: dict | None, source_name: bytes):
+    if not target or not target.get("srk_name") or not target.get("srk_public"):
+        raise InputError(
+            "state=granted needs target: the target node's enrolled record (srk_name, srk_public); "
+            "is the target enrolled (ironclaw.sealed.enroll)?"
+        )
+    name = canonical.tpm_name(target["srk_name"], "target.srk_name")
+    if name == source_name:
+        raise InputError("the target is the source node itself: a VM cannot migrate to the node it is on")
+    return name, canonical.b64decode(target["srk_public"], "target.srk_public")
 
 
 def _pcr_binding(pcrs: dict | None):
@@ -115,4 +133,18 @@ class ActionModule(ActionBase):
                 pcr_digest=digest,
             )
             out["approval"] = approval.to_dict()
+        if args["state"] == "granted":
+            node_name, nv_name, epoch = _node_binding(args["node"], args["epoch"])
+            target_name, target_public = _target_binding(args["target"], node_name)
+            grant = sign_grant(
+                store.load(vmid, vm_uuid),
+                vmid=vmid,
+                vm_uuid=vm_uuid,
+                source_name=node_name,
+                source_epoch_nv_name=nv_name,
+                epoch=epoch,
+                target_name=target_name,
+                target_public=target_public,
+            )
+            out["grant"] = grant.to_dict()
         return out

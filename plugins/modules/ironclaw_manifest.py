@@ -146,6 +146,11 @@ options:
     description: With O(state=verified), warn when the manifest expires within this many days.
     type: int
     default: 14
+  migration:
+    description:
+      - With O(state=built), the migration this version records, a dict with C(source) and C(target) (node names)
+        and C(not_after) (UTC timestamp). A later version without it does not count as a change.
+    type: dict
   now:
     description:
       - The clock as C(YYYY-MM-DDTHH:MM:SSZ), instead of the host's. For tests and for signing at a set date.

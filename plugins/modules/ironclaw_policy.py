@@ -14,14 +14,18 @@ description:
   - O(state=approved) signs an unseal approval for one VM on one node at one epoch, optionally at PCR values;
     PolicyCommandCode(Unseal), PolicySecret(node SRK), PolicyNV(epoch == e) and optionally PolicyPCR.
     Bumping the node's epoch revokes it; a new PCR approval after a firmware update needs no re-seal.
+  - O(state=granted) signs a duplication grant, PolicyDuplicationSelect(target SRK name) and PolicyNV(source
+    epoch == e), so the VM's keyslot may be duplicated from the source node at its current epoch to exactly one
+    target node. Bumping the source's epoch revokes an unused grant. A decommissioned VM gets no grant.
 options:
   state:
     description:
       - C(present) makes sure the VM has a policy key and returns its public part.
       - C(approved) does the same and signs an unseal approval.
+      - C(granted) does the same and signs a duplication grant from O(node) to O(target).
     type: str
     default: present
-    choices: [present, approved]
+    choices: [present, approved, granted]
   vmid:
     description: Proxmox VMID of the VM.
     type: int
@@ -38,6 +42,12 @@ options:
     description:
       - With O(state=approved), the node to approve, the result of M(ironclaw.sealed.ironclaw_node) or an enrolled node
         record, its C(srk_name), C(epoch_nv_name) and C(epoch) are used.
+      - With O(state=granted), the source node, the same way (its current C(epoch)).
+    type: dict
+  target:
+    description:
+      - With O(state=granted), the target node's enrolled record (or M(ironclaw.sealed.ironclaw_node) result),
+        its C(srk_name) and C(srk_public) (the SRK public area, or the software enrollment key) are used.
     type: dict
   epoch:
     description: Approve this epoch instead of the node's current one.
@@ -79,6 +89,15 @@ EXAMPLES = r"""
     vm_uuid: 6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f
     node: "{{ node }}"
   register: approval
+
+- name: Allow VM 100 to move from pve1 to pve2
+  ironclaw.sealed.ironclaw_policy:
+    state: granted
+    vmid: 100
+    vm_uuid: 6f1c2a4e-9b7d-4c1a-8e2f-0a1b2c3d4e5f
+    node: "{{ source_facts }}"
+    target: "{{ target_record }}"
+  register: grant
 """
 
 RETURN = r"""
@@ -98,5 +117,9 @@ policy:
 approval:
   description: The signed approval, to pass to M(ironclaw.sealed.ironclaw_seal).
   returned: when O(state=approved)
+  type: dict
+grant:
+  description: The signed duplication grant, to pass to M(ironclaw.sealed.ironclaw_seal) O(state=exported).
+  returned: when O(state=granted)
   type: dict
 """

@@ -23,9 +23,18 @@ options:
       - C(unsealed) writes each secret to C(dest/<name>), mode 0600, where the content differs.
       - C(verified) test-unseals every blob in memory and fails, naming the blobs, when any does not verify.
       - C(approved) checks an approval against the keyslot and node and installs it as C(approval.json).
+      - C(exported) (on the source of a migration) re-binds the keyslot to the target named by O(grant) and writes
+        a transfer bundle to O(bundle) with the unchanged blobs. With C(tpm2) this is TPM2_Duplicate to the target's
+        SRK, the VRK never appears in the clear; with C(software) the VRK is wrapped to the target's X25519
+        enrollment key. The source's own files are not changed. An intact, unexpired bundle for the same target
+        and manifest is kept.
+      - C(imported) (on the target) checks the bundle at O(bundle) (against O(envelope) when given), re-binds the
+        keyslot under this node (TPM2_Import), test-unseals every blob in memory with O(approval), and only then
+        writes blobs, approval and, last, the keyslot. When the VM's state is already here it only proves it still
+        unseals. The bundle is kept (it names the migration to record); remove it once the manifest is stored.
     type: str
     required: true
-    choices: [sealed, unsealed, verified, approved]
+    choices: [sealed, unsealed, verified, approved, exported, imported]
   secrets:
     description:
       - With O(state=sealed), the secrets. Give exactly one of O(secrets[].src), O(secrets[].content),
@@ -71,6 +80,64 @@ options:
     description: With O(state=unsealed), only these secrets.
     type: list
     elements: str
+  grant:
+    description:
+      - With O(state=exported), the duplication grant from M(ironclaw.sealed.ironclaw_policy) (O(state=granted)),
+        its RV(ironclaw.sealed.ironclaw_policy#module:grant) dict. It names this node at its current epoch and
+        exactly one target.
+    type: dict
+  migration:
+    description:
+      - With O(state=exported), what the next manifest will record, a dict with C(source) and C(target) (node
+        names) and C(not_after) (UTC timestamp after which the target refuses the bundle).
+    type: dict
+  manifest:
+    description:
+      - With O(state=exported), the store's newest manifest the export is based on, a dict with C(version) and
+        C(digest), the RV(ironclaw.sealed.ironclaw_manifest#module:floor) that module reports for the VM.
+    type: dict
+  bundle:
+    description:
+      - With O(state=exported) or O(state=imported), the transfer bundle file.
+      - Defaults to C(<state_dir>/transfer/<vmid>-<vm_uuid>.bundle.json).
+    type: path
+  envelope:
+    description:
+      - With O(state=imported), the signed manifest the bundle was exported from (the store's newest). The
+        manifest rules are applied to it against this node's trust roots and floor, and the bundle's blobs must
+        match its SHA-256 list.
+    type: dict
+  trust_roots:
+    description: With O(envelope), the store's trust roots (the node's cached ones may only move forward).
+    type: list
+    elements: dict
+  floor:
+    description: With O(envelope), the store's floor for the VM.
+    type: dict
+  cluster:
+    description: With O(envelope), the cluster name the manifest must name.
+    type: str
+    default: default
+  vm_ctime:
+    description: With O(envelope), the VM's creation time from Proxmox, when known.
+    type: int
+  pve:
+    description:
+      - With O(state=exported), ask Proxmox VE on this node about the VM first, it must be this VM (same uuid) and not
+        running; a running VM is shut down (then stopped) with O(stop_vm), otherwise nothing changes.
+    type: bool
+    default: false
+  stop_vm:
+    description: With O(pve), shut a running VM down (then stop it after O(shutdown_timeout)) before exporting.
+    type: bool
+    default: true
+  shutdown_timeout:
+    description: Seconds to wait for a clean shutdown before the VM is stopped.
+    type: int
+    default: 60
+  now:
+    description: The clock (UTC timestamp) for bundle and manifest times; the host's clock when omitted. For tests.
+    type: str
 extends_documentation_fragment:
   - ironclaw.sealed.node
   - ironclaw.sealed.node.vm
@@ -132,21 +199,56 @@ epoch:
   description: The epoch of the installed approval.
   returned: when O(state=approved)
   type: int
+status:
+  description:
+    - With O(state=exported), C(exported), C(already-exported) or C(would-export).
+    - With O(state=imported), C(imported), C(already-imported) or C(would-import).
+  returned: when O(state=exported) or O(state=imported)
+  type: str
+  sample: exported
+path:
+  description: The bundle file written.
+  returned: when O(state=exported)
+  type: str
+not_after:
+  description: Until when the target accepts the bundle (an existing bundle keeps its own).
+  returned: when O(state=exported)
+  type: str
+vm:
+  description: What Proxmox said about the VM before the export (C(stopped), or the shutdown's outcome).
+  returned: when O(state=exported) and O(pve=true)
+  type: str
+migration:
+  description: The bundle's migration record (C(source), C(target), C(not_after)); null without a bundle.
+  returned: when O(state=imported)
+  type: dict
+keyslot_id:
+  description: The keyslot moved.
+  returned: when O(state=exported) or O(state=imported)
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import (
     failing_on_errors,
     node_options,
     vm_locks,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli, stopped_for_migration
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import approval_from_dict
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.grant import grant_from_dict
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.bundle_check import verify_bundle
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.node_check import as_envelopes
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import parse_ref
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine, transfer
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 
 SECRET_OPTIONS = {
@@ -155,6 +257,79 @@ SECRET_OPTIONS = {
     "content": {"type": "str", "no_log": True},
     "content_base64": {"type": "str", "no_log": True},
 }
+
+
+def _migration(doc) -> dict:
+    if not isinstance(doc, dict) or sorted(doc) != ["not_after", "source", "target"]:
+        raise InputError("state=exported needs migration: {source, target, not_after}")
+    canonical.parse_timestamp(doc["not_after"], "migration.not_after")
+    for field in ("source", "target"):
+        validate.node_name(doc[field])
+    if doc["source"] == doc["target"]:
+        raise InputError(f"migration source and target are both '{doc['source']}': a VM cannot migrate to its own node")
+    return doc
+
+
+def _manifest_ref(doc) -> dict:
+    ref = parse_ref({"destroyed": False, **(doc or {})}, "manifest")
+    return {"version": ref.version, "digest": ref.digest}
+
+
+def _stopper(module, vm):
+    def prepare():
+        return stopped_for_migration(
+            proxmox_cli(module),
+            vm.vmid,
+            vm.vm_uuid,
+            stop=module.params["stop_vm"],
+            timeout=module.params["shutdown_timeout"],
+            check_mode=module.check_mode,
+        )
+
+    return prepare
+
+
+def transfer_state(module, backend, vm, approval) -> dict:
+    p = module.params
+    path = p["bundle"] or transfer.bundle_path(p["state_dir"], vm.vmid, vm.vm_uuid)
+    now = clock(p["now"])
+    if p["state"] == "exported":
+        if p["grant"] is None:
+            raise InputError("state=exported needs grant (ironclaw_policy state=granted)")
+        if p["manifest"] is None:
+            raise InputError("state=exported needs manifest: {version, digest} of the store's newest manifest")
+        return transfer.export_vm(
+            backend,
+            vm,
+            grant_from_dict(p["grant"], "grant"),
+            migration=_migration(p["migration"]),
+            manifest=_manifest_ref(p["manifest"]),
+            path=path,
+            now=now,
+            check_mode=module.check_mode,
+            prepare=_stopper(module, vm) if p["pve"] else None,
+        )
+    if approval is None:
+        raise InputError("state=imported needs approval: one signed for this node (ironclaw_policy state=approved)")
+    verify = None
+    if p["envelope"] is not None:
+        envelope = dsse.parse_envelope(p["envelope"], "manifest")
+        roots = as_envelopes(p["trust_roots"], "trust root")
+        floor = parse_ref(p["floor"], "floor") if p["floor"] else None
+
+        def verify(bundle):
+            verify_bundle(
+                p["state_dir"],
+                bundle,
+                envelope=envelope,
+                offered_roots=roots,
+                floor=floor,
+                cluster=p["cluster"],
+                vm_ctime=p["vm_ctime"],
+                now=now,
+            )
+
+    return transfer.import_vm(backend, vm, approval, path=path, now=now, check_mode=module.check_mode, verify=verify)
 
 
 def run(module) -> dict:
@@ -193,6 +368,8 @@ def run(module) -> dict:
                 approval=approval,
                 check_mode=module.check_mode,
             )
+        if state in ("exported", "imported"):
+            return transfer_state(module, backend, vm, approval)
         if state == "approved":
             return engine.install_approval(backend, vm, approval, check_mode=module.check_mode)
         if state == "unsealed":
@@ -214,7 +391,11 @@ def run(module) -> dict:
 def main():
     spec = node_options()
     spec.update(
-        state={"type": "str", "required": True, "choices": ["sealed", "unsealed", "verified", "approved"]},
+        state={
+            "type": "str",
+            "required": True,
+            "choices": ["sealed", "unsealed", "verified", "approved", "exported", "imported"],
+        },
         # The list itself is not secret (names, paths); its content fields are no_log.
         secrets={"type": "list", "elements": "dict", "options": SECRET_OPTIONS, "no_log": False},
         policy={"type": "raw"},
@@ -222,6 +403,19 @@ def main():
         approval={"type": "dict"},
         dest={"type": "path"},
         names={"type": "list", "elements": "str"},
+        grant={"type": "dict"},
+        migration={"type": "dict"},
+        manifest={"type": "dict"},
+        bundle={"type": "path"},
+        envelope={"type": "dict"},
+        trust_roots={"type": "list", "elements": "dict"},
+        floor={"type": "dict"},
+        cluster={"type": "str", "default": "default"},
+        vm_ctime={"type": "int"},
+        now={"type": "str"},
+        pve={"type": "bool", "default": False},
+        stop_vm={"type": "bool", "default": True},
+        shutdown_timeout={"type": "int", "default": 60},
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     with failing_on_errors(module):

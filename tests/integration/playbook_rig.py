@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+# Test-only callbacks (kill_after: fault injection).
+CALLBACKS = HERE / "callbacks"
 REPO = HERE.parent.parent
 COLLECTIONS = REPO / ".build" / "collections"
 PLAYBOOKS = HERE / "playbooks"
@@ -224,7 +226,7 @@ class Lab:
 
     # -- ansible-playbook ----------------------------------------------------
     def command(
-        self, name: str, *extra_args: str, check: bool = False, verbosity: int = 0
+        self, name: str, *extra_args: str, check: bool = False, verbosity: int = 0, env_extra: dict | None = None
     ) -> tuple[list[str], dict[str, str]]:
         """argv and environment of an ansible-playbook run.
 
@@ -256,6 +258,7 @@ class Lab:
             TSS2_LOG="all+NONE",
         )
         env.pop("IRONCLAW_TCTI", None)
+        env.update(env_extra or {})
         return argv, env
 
     def start(self, name: str, *extra_args: str, **options) -> subprocess.Popen:
@@ -272,8 +275,9 @@ class Lab:
         expect_fail: bool = False,
         verbosity: int = 0,
         timeout: float = PLAYBOOK_TIMEOUT,
+        env_extra: dict | None = None,
     ) -> subprocess.CompletedProcess:
-        proc = self.start(name, *extra_args, check=check, verbosity=verbosity)
+        proc = self.start(name, *extra_args, check=check, verbosity=verbosity, env_extra=env_extra)
         return self.wait(proc, expect_fail=expect_fail, timeout=timeout)
 
     @staticmethod

@@ -36,6 +36,9 @@ def bundle(**changes) -> Bundle:
         "blobs": (("a", blob("a")), ("b", blob("b"))),
         "manifest_version": 3,
         "manifest_digest": "cd" * 32,
+        "migration_source": "pve1",
+        "migration_target": "pve2",
+        "not_after": "2030-01-01T01:00:00Z",
     }
     fields.update(changes)
     return Bundle(**fields)
@@ -89,3 +92,13 @@ def test_keyslot_fields_must_fit_the_backend():
         bundle(backend="tpm2").to_bytes()
     with pytest.raises(FormatError, match="must not be empty"):
         bundle(keyslot={"ephemeral_public": b"", "wrapped": os.urandom(40)}).to_bytes()
+
+
+def test_migration_to_the_source_itself_is_refused():
+    with pytest.raises(FormatError, match="source and target are both 'pve1'"):
+        bundle(migration_target="pve1").to_bytes()
+
+
+def test_migration_node_names_are_checked():
+    with pytest.raises(FormatError, match="migration.target"):
+        bundle(migration_target="pve 2").to_bytes()

@@ -136,9 +136,24 @@ def test_node_floor_is_the_higher_of_store_and_cache(tmp_path):
     cache = NodeCache(str(tmp_path))
     first = signed(next_manifest(statement(), None, now=NOW, expires_days=90, resign_days=30)[0])
     second = signed(next_manifest(statement("bb" * 32), first, now=NOW, expires_days=90, resign_days=30)[0])
-    assert node_floor(cache, 100, None) is None
+    assert node_floor(cache, 100, UUID, None) is None
     os.makedirs(tmp_path / "100")
     assert cache.save_manifest(100, second) is True and cache.save_manifest(100, second) is False
-    mine = node_floor(cache, 100, ManifestRef(1, envelope_digest(first)))
+    mine = node_floor(cache, 100, UUID, ManifestRef(1, envelope_digest(first)))
     assert mine == ManifestRef(2, envelope_digest(second), False)
-    assert node_floor(cache, 100, ManifestRef(5, "ee" * 32)).version == 5
+    assert node_floor(cache, 100, UUID, ManifestRef(5, "ee" * 32)).version == 5
+
+
+def test_a_migration_is_recorded_once():
+    migration = {"source": "node-0", "target": "node-a", "not_after": "2030-06-01T13:00:00Z"}
+    first = signed(next_manifest(statement(), None, now=NOW, expires_days=90, resign_days=30)[0])
+    moved_statement = payload.check_statement({**statement(), "migration": migration})
+    moved = next_manifest(moved_statement, first, now=NOW, expires_days=90, resign_days=30)[0]
+    assert moved.version == 2 and moved.migration == payload.Migration(**migration)
+    envelope = signed(moved)
+    # The same move again, or the moved state described later without it: nothing new to sign.
+    assert next_manifest(moved_statement, envelope, now=NOW, expires_days=90, resign_days=30)[0] is None
+    assert next_manifest(statement(), envelope, now=NOW, expires_days=90, resign_days=30)[0] is None
+    # A new move of the same state is a new version.
+    back = payload.check_statement({**statement(), "migration": {**migration, "source": "node-b"}})
+    assert next_manifest(back, envelope, now=NOW, expires_days=90, resign_days=30)[0].version == 3

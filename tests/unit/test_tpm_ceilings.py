@@ -14,13 +14,19 @@ and then the ceiling should come down to the new count.
 from __future__ import annotations
 
 import collections
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import (
+    PolicyKeyStore,
+    sign_approval,
+    sign_grant,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine, transfer
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 
 pytestmark = pytest.mark.swtpm
@@ -42,6 +48,12 @@ CEILINGS = {
     "bump_epoch": 4,
     # node identity lookups only (ReadPublic ×2, NV_ReadPublic ×2); the approval is checked in software
     "install_approval": 4,
+    # lookups (4; the target's name is computed in software), grant signature check (LoadExternal,
+    # VerifySignature, flush), Load, LoadExternal(target SRK), policy session (StartAuthSession,
+    # PolicyDuplicationSelect, PolicyNV, PolicyAuthorize), one Duplicate, 3 flushes
+    "export": 17,
+    # lookups (4), one Import, then the unseal step's test-unseal without its lookups (12)
+    "import": 17,
 }
 # What installing an approval may ask the TPM: the node's names, nothing that uses a key.
 IDENTITY_LOOKUPS = {"ReadPublic", "NV_ReadPublic"}
@@ -203,3 +215,61 @@ def test_installing_an_approval_is_a_software_check(node):
     assert result == {"changed": True, "epoch": 2}
     assert set(counted) <= IDENTITY_LOOKUPS, counted
     assert_under("install_approval", counted)
+
+
+def migration_counts(pair, tmp_path, count: int):
+    """(export, import) TPM commands for moving one VM with `count` secrets between two counted TPMs."""
+    source, target = Node(pair[0], tmp_path / "a"), Node(pair[1], tmp_path / "b")
+    target.keys = source.keys  # one controller
+    source.seal(secrets(count))
+    with source.backend() as backend:
+        facts = backend.facts()
+    with target.backend() as backend:
+        target_facts = backend.facts()
+    grant = sign_grant(
+        source.keys.load(VMID, UUID),
+        vmid=VMID,
+        vm_uuid=UUID,
+        source_name=facts.node_name,
+        source_epoch_nv_name=facts.epoch_nv_name,
+        epoch=facts.epoch,
+        target_name=target_facts.node_name,
+        target_public=target_facts.node_public,
+    )
+    migration = {"source": "pve1", "target": "pve2", "not_after": "2999-01-01T00:00:00Z"}
+    path = transfer.bundle_path(source.state_dir, VMID, UUID)
+    exported, export_counted = source.count(
+        lambda backend: transfer.export_vm(
+            backend,
+            source.vm(),
+            grant,
+            migration=migration,
+            manifest={"version": 1, "digest": "ab" * 32},
+            path=path,
+            now=datetime.now(UTC),
+            check_mode=False,
+        )
+    )
+    assert exported["status"] == "exported"
+    incoming = transfer.bundle_path(target.state_dir, VMID, UUID)
+    Path(incoming).parent.mkdir(parents=True)
+    shutil.copyfile(path, incoming)
+    approval = target.approval()
+    imported, import_counted = target.count(
+        lambda backend: transfer.import_vm(
+            backend, target.vm(), approval, path=incoming, now=datetime.now(UTC), check_mode=False
+        )
+    )
+    assert imported["status"] == "imported" and len(imported["blobs"]) == count
+    return export_counted, import_counted
+
+
+def test_migrating_a_vm_costs_the_same_for_3_and_60_secrets(counted_swtpm_pair, tmp_path):
+    few = migration_counts(counted_swtpm_pair, tmp_path / "few", 3)
+    many = migration_counts(counted_swtpm_pair, tmp_path / "many", 60)
+    assert few == many, (few, many)
+    export_counted, import_counted = many
+    assert export_counted["Duplicate"] == 1 and import_counted["Import"] == 1
+    assert import_counted["Unseal"] == 1, import_counted
+    assert_under("export", export_counted)
+    assert_under("import", import_counted)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import stop_running
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
@@ -44,14 +45,17 @@ def proxmox_before(p: dict, cli, vmid: int, vm_uuid: str, check_mode: bool) -> d
     if (info.uuid or "").lower() != vm_uuid:
         return {"vm": f"VMID {vmid} on this node is now another VM (uuid {info.uuid}): left alone"}
     if info.status == "running":
-        if not p["stop_vm"]:
-            raise InputError(
-                f"VM {vmid} is running on node {cli.node}: nothing was destroyed. Stop it first, or allow "
-                "decommission to shut it down (then stop it) with destroy_stop_vm=true"
+        return {
+            "vm": stop_running(
+                cli,
+                vmid,
+                stop=p["stop_vm"],
+                timeout=p["shutdown_timeout"],
+                check_mode=check_mode,
+                refusal=f"VM {vmid} is running on node {cli.node}: nothing was destroyed. Stop it first, or allow "
+                "decommission to shut it down (then stop it) with destroy_stop_vm=true",
             )
-        if check_mode:
-            return {"vm": "would shut down (then stop)"}
-        return {"vm": cli.shutdown(vmid, p["shutdown_timeout"])}
+        }
     return {"vm": "stopped"}
 
 

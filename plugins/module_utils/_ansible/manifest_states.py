@@ -68,6 +68,7 @@ SPEC = {
     "cache": {"type": "bool", "default": True},
     "warn_days": {"type": "int", "default": 14},
     "now": {"type": "str"},
+    "migration": {"type": "dict"},
 }
 
 
@@ -98,6 +99,7 @@ def built(p: dict, _check_mode: bool) -> dict:
         cluster=p["cluster"],
         node_name=p["node_name"],
         node_id=keyslot.node_name,
+        migration=p["migration"],
     )
     return {"changed": False, "statement": statement}
 

@@ -23,6 +23,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _RESERVED_SUFFIXES = (".tmp", ".lock")
 _KEYSLOT_ID = re.compile(r"[0-9a-f]{32}")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
 def _show(value: object, limit: int = 60) -> str:
@@ -69,6 +70,16 @@ def secret_name(value: object) -> str:
         raise InputError(
             f"secret name must not end in {' or '.join(_RESERVED_SUFFIXES)} (reserved for temporary and lock files), "
             f"found {_show(value)}; rename the secret"
+        )
+    return value
+
+
+def node_name(value: object) -> str:
+    """A node name (Proxmox node / inventory host): also a file name in the store."""
+    if not isinstance(value, str) or not _NODE_NAME.fullmatch(value):
+        raise InputError(
+            "node name must be 1 to 253 characters of A-Z a-z 0-9 . _ - starting with a letter or digit, "
+            f"found {_show(value)}"
         )
     return value
 

@@ -1,8 +1,9 @@
 # Copyright: ironclaw.sealed contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The transfer bundle a migration carries from source to target: the keyslot re-bound to the target
-(a TPM duplicate, or the VRK wrapped to the target's enrollment key), the unchanged sealed blobs, and the
-manifest version it was exported from. No secret is in it in the clear."""
+(a TPM duplicate, or the VRK wrapped to the target's enrollment key), the unchanged sealed blobs, the
+manifest version it was exported from and the migration it belongs to ({source, target, not_after}, as the
+next manifest will record it). No secret is in it in the clear."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ _FIELDS = {
     "keyslot": dict,
     "blobs": list,
     "manifest": dict,
+    "migration": dict,
 }
 _POLICY_FIELDS = {"key_name": str, "key_public": str}
 _KEYSLOT_FIELDS = {
@@ -35,6 +37,7 @@ _KEYSLOT_FIELDS = {
 }
 _BLOB_FIELDS = {"name": str, "data": str}
 _MANIFEST_FIELDS = {"version": int, "digest": str}
+_MIGRATION_FIELDS = {"source": str, "target": str, "not_after": str}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class Bundle:
     blobs: tuple  # ((name, file bytes), ...) sorted by name
     manifest_version: int
     manifest_digest: str
+    # Inventory (Proxmox node) names and the time after which the target must refuse the bundle.
+    migration_source: str
+    migration_target: str
+    not_after: str
 
     def to_dict(self) -> dict:
         return {
@@ -70,6 +77,11 @@ class Bundle:
             "keyslot": {k: canonical.b64encode(v) for k, v in sorted(self.keyslot.items())},
             "blobs": [{"name": n, "data": canonical.b64encode(d)} for n, d in self.blobs],
             "manifest": {"version": self.manifest_version, "digest": self.manifest_digest},
+            "migration": {
+                "source": self.migration_source,
+                "target": self.migration_target,
+                "not_after": self.not_after,
+            },
         }
 
     def to_bytes(self) -> bytes:
@@ -89,6 +101,12 @@ def parse_bundle(data: bytes, what: str) -> Bundle:
     canonical.require_fields(doc["policy"], _POLICY_FIELDS, what, prefix="policy.")
     canonical.require_fields(doc["keyslot"], _KEYSLOT_FIELDS[backend], what, prefix="keyslot.")
     canonical.require_fields(doc["manifest"], _MANIFEST_FIELDS, what, prefix="manifest.")
+    canonical.require_fields(doc["migration"], _MIGRATION_FIELDS, what, prefix="migration.")
+    migration = doc["migration"]
+    for field in ("source", "target"):
+        canonical.checked(validate.node_name, migration[field], what, f"migration.{field}")
+    if migration["source"] == migration["target"]:
+        raise FormatError(f"{what}: field 'migration': source and target are both '{migration['source']}'")
     keyslot = {}
     for field in _KEYSLOT_FIELDS[backend]:
         keyslot[field] = canonical.b64decode(doc["keyslot"][field], f"{what}: field 'keyslot.{field}'")
@@ -123,4 +141,7 @@ def parse_bundle(data: bytes, what: str) -> Bundle:
         blobs=tuple(blobs),
         manifest_version=canonical.int_field(doc["manifest"]["version"], what, "manifest.version", 1, 2**63 - 1),
         manifest_digest=doc["manifest"]["digest"],
+        migration_source=migration["source"],
+        migration_target=migration["target"],
+        not_after=canonical.timestamp_field(migration["not_after"], what, "migration.not_after"),
     )

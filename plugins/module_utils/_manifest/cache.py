@@ -1,30 +1,72 @@
 # Copyright: ironclaw.sealed contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What a node keeps to verify on its own (e.g. from a Proxmox pre-start hook): the trust roots it
-accepted (`<state_dir>/trust/root-<version>.json`) and each VM's newest verified manifest
-(`<state_dir>/<vmid>/manifest.json`), whose version is the node's floor for that VM.
-Both only ever move forward."""
+accepted (`<state_dir>/trust/root-<version>.json`), each VM's newest verified manifest
+(`<state_dir>/<vmid>/manifest.json`) and, outside the VM's directory, that manifest's place in the
+chain (`<state_dir>/floors/<vm_uuid>.json`). All of them only ever move forward.
+
+The floor record is what makes a rollback of the whole VM directory visible: restoring an old copy
+of `<state_dir>/<vmid>/` brings back an old manifest.json that matches the old blobs, but not an
+old floor record.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
 
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    FormatError,
+    InputError,
+    VerificationError,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
     ensure_dir,
     read_regular,
     write_atomic,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import MAX_VERSION, parse_manifest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import root_version
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import (
+    ForkError,
+    ManifestRef,
+    ref_of,
+)
 
 MANIFEST_FILE = "manifest.json"
+FLOORS_DIR = "floors"
+FLOOR_FORMAT = "ironclaw-floor/1"
+_FLOOR_FIELDS = {"format": str, "vmid": int, "vm_uuid": str, "version": int, "digest": str}
+
+
+def floor_to_bytes(vmid: int, vm_uuid: str, ref: ManifestRef) -> bytes:
+    return canonical.dumps(
+        {"format": FLOOR_FORMAT, "vmid": vmid, "vm_uuid": vm_uuid, "version": ref.version, "digest": ref.digest}
+    )
+
+
+def parse_floor(data: bytes, vm_uuid: str, what: str) -> ManifestRef:
+    """A floor record, strictly; it must be the one of ``vm_uuid`` (its file name)."""
+    doc = canonical.loads(data, what)
+    canonical.require_format(doc, FLOOR_FORMAT, what)
+    canonical.require_fields(doc, _FLOOR_FIELDS, what)
+    canonical.checked(validate.vmid, doc["vmid"], what, "vmid")
+    canonical.checked(validate.vm_uuid, doc["vm_uuid"], what, "vm_uuid")
+    if doc["vm_uuid"] != vm_uuid:
+        raise FormatError(f"{what}: it records VM uuid {doc['vm_uuid']}, not {vm_uuid}; the file was moved or altered")
+    canonical.int_field(doc["version"], what, "version", 1, MAX_VERSION)
+    canonical.hex_bytes(doc["digest"], f"{what}: field 'digest'", 32)
+    return ManifestRef(doc["version"], doc["digest"])
 
 
 class NodeCache:
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
         self.trust_dir = os.path.join(state_dir, "trust")
+        self.floors_dir = os.path.join(state_dir, FLOORS_DIR)
 
     def roots(self) -> list:
         return [
@@ -56,10 +98,53 @@ class NodeCache:
             return None
         return dsse.parse_envelope(data, self.manifest_path(vmid))
 
+    def floor_path(self, vm_uuid: str) -> str:
+        return os.path.join(self.floors_dir, validate.vm_uuid(vm_uuid) + ".json")
+
+    def floor(self, vm_uuid: str) -> ManifestRef | None:
+        """The newest manifest this node verified for the VM, as recorded outside its directory; None if none."""
+        vm_uuid = validate.vm_uuid(vm_uuid)
+        path = self.floor_path(vm_uuid)
+        what = f"floor record of VM {vm_uuid} ({path})"
+        try:
+            data = read_regular(path, what)
+        except FileNotFoundError:
+            return None
+        return parse_floor(data, vm_uuid, what)
+
     def save_manifest(self, vmid: int, envelope) -> bool:
+        """Cache a verified manifest and move the VM's floor record up to it; True if a file changed.
+
+        The floor record never goes down, and never changes at the same version: both would mean
+        the caller verified against the wrong floor, so they are refused rather than written.
+        """
+        manifest = parse_manifest(envelope.payload, "manifest to cache")
+        if manifest.subject.vmid != vmid:
+            raise InputError(f"the manifest to cache is for VM {manifest.subject.vmid}, not VM {vmid}")
+        vm_uuid = manifest.subject.vm_uuid
+        ref = ref_of(envelope, manifest)
+        recorded = self.floor(vm_uuid)
+        if recorded is not None and ref.version < recorded.version:
+            raise VerificationError(
+                f"rollback: refusing to cache manifest version {ref.version} of VM {vmid} ({vm_uuid}): "
+                f"this node's floor record is at version {recorded.version}"
+            )
+        if recorded is not None and ref.version == recorded.version and ref.digest != recorded.digest:
+            raise ForkError(
+                f"fork: refusing to cache manifest version {ref.version} of VM {vmid} ({vm_uuid}): this node's floor "
+                f"record holds another envelope at that version (sha256 {recorded.digest[:16]}…, this one "
+                f"{ref.digest[:16]}…)"
+            )
+        changed = False
         data = dsse.envelope_to_bytes(envelope)
         cached = self.manifest(vmid)
-        if cached is not None and dsse.envelope_to_bytes(cached) == data:
-            return False
-        write_atomic(self.manifest_path(vmid), data)
-        return True
+        if cached is None or dsse.envelope_to_bytes(cached) != data:
+            write_atomic(self.manifest_path(vmid), data)
+            changed = True
+        # After manifest.json: a crash in between leaves a floor that is lower, never higher, than the cache.
+        if recorded is None or recorded.version < ref.version:
+            ensure_dir(self.state_dir, 0o700)
+            ensure_dir(self.floors_dir, 0o700)
+            write_atomic(self.floor_path(vm_uuid), floor_to_bytes(vmid, vm_uuid, ref))
+            changed = True
+        return changed

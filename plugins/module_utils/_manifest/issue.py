@@ -45,7 +45,11 @@ def next_manifest(
             f"VM {prior.subject.vmid} ({prior.subject.vm_uuid}) was decommissioned: its chain ends in a tombstone"
         )
     left = canonical.parse_timestamp(prior.expires, "manifest expires") - now
-    if statement_of(prior) == statement:
+    recorded = statement_of(prior)
+    if "migration" not in statement:
+        # A migration is recorded once, in the version that moved the VM; later versions do not repeat it.
+        recorded.pop("migration", None)
+    if recorded == statement:
         if left > timedelta(days=resign_days):
             return None, f"unchanged (version {prior.version})"
         reason = f"re-issued: version {prior.version} expires in {max(left.days, 0)} days"

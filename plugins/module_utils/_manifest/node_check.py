@@ -17,6 +17,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_ro
     walk,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import (
+    ForkError,
     ManifestRef,
     ref_of,
     verify_manifest,
@@ -38,16 +39,38 @@ def trusted_root(cache: NodeCache, offered: list, now: datetime):
     return load_chain(offered, now)
 
 
-def node_floor(cache: NodeCache, vmid: int, given: ManifestRef | None) -> ManifestRef | None:
-    """The higher of the store's floor and the node's own newest verified manifest.
+def node_floor(cache: NodeCache, vmid: int, vm_uuid: str, given: ManifestRef | None) -> ManifestRef | None:
+    """The highest of the store's floor, the node's cached manifest and the node's floor record for the VM.
 
     The cached manifest was verified when it was cached (possibly under a trust
-    root rotated away since), so only its place in the chain is read here.
+    root rotated away since), so only its place in the chain is read here. The
+    floor record lives outside the VM's directory, so it survives a restore of
+    an old copy of that directory, old manifest.json included. Two of them at
+    the same version with different digests are a fork.
     """
     cached = cache.manifest(vmid)
     mine = ref_of(cached, parse_manifest(cached.payload, "cached manifest")) if cached is not None else None
-    candidates = [ref for ref in (given, mine) if ref is not None]
-    return max(candidates, key=lambda ref: ref.version) if candidates else None
+    candidates = [
+        (what, ref)
+        for what, ref in (
+            ("the given floor", given),
+            ("this node's floor record", cache.floor(vm_uuid)),
+            ("this node's cached manifest", mine),
+        )
+        if ref is not None
+    ]
+    if not candidates:
+        return None
+    top = max(ref.version for _what, ref in candidates)
+    at_top = [(what, ref) for what, ref in candidates if ref.version == top]
+    for what, ref in at_top[1:]:
+        if ref.digest != at_top[0][1].digest:
+            raise ForkError(
+                f"fork: VM {vmid} ({vm_uuid}) has two different manifests at version {top}: {at_top[0][0]} "
+                f"(sha256 {at_top[0][1].digest[:16]}…) and {what} (sha256 {ref.digest[:16]}…); "
+                "find out who signed the second one"
+            )
+    return at_top[0][1]
 
 
 def verify_on_node(
@@ -73,7 +96,7 @@ def verify_on_node(
         envelope,
         root=root,
         now=now,
-        floor=node_floor(cache, vmid, floor),
+        floor=node_floor(cache, vmid, vm_uuid, floor),
         expected={"vmid": vmid, "vm_uuid": vm_uuid, "cluster": cluster, "vm_ctime": vm_ctime},
         actual=describe_vm(state_dir, vmid, vm_uuid),
     )

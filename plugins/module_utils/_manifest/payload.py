@@ -20,6 +20,7 @@ from datetime import datetime
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError, InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.validate import node_name as check_node_name
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.blob import MAX_GENERATION
 
@@ -36,7 +37,6 @@ MAX_INT = 2**63 - 1
 MAX_BLOBS = 4096
 
 _CLUSTER = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _META_FIELDS = {
     "format": str,
     "manifest_id": str,
@@ -58,16 +58,6 @@ _NODE_FIELDS = {"name": str, "id": str}
 _KEYSLOT_FIELDS = {"name": str, "sha256": str, "keyslot_id": str}
 _BLOB_FIELDS = {"name": str, "sha256": str, "size": int, "generation": int}
 _MIGRATION_FIELDS = {"source": str, "target": str, "not_after": str}
-
-
-def check_node_name(value: object) -> str:
-    """A node name (Proxmox node / inventory host): also a file name in the store."""
-    if not isinstance(value, str) or not _NODE_NAME.fullmatch(value):
-        raise InputError(
-            "node name must be 1 to 253 characters of A-Z a-z 0-9 . _ - starting with a letter or digit, "
-            f"found {canonical.show(value)}"
-        )
-    return value
 
 
 def check_cluster_name(value: object) -> str:

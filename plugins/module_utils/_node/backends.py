@@ -16,9 +16,14 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot im
     parse_keyslot,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.verify import check_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.keyname import (
+    name_of_public_area,
+    parse_policy_key_public,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.verify import check_approval, check_grant
 from ansible_collections.ironclaw.sealed.plugins.module_utils._software import keyslot as sw_keyslot
-from ansible_collections.ironclaw.sealed.plugins.module_utils._software.node import SoftwareNode
+from ansible_collections.ironclaw.sealed.plugins.module_utils._software import transfer as sw_transfer
+from ansible_collections.ironclaw.sealed.plugins.module_utils._software.node import SoftwareNode, software_node_name
 
 BACKENDS = ("tpm2", "software")
 
@@ -73,6 +78,52 @@ class _Backend:
             epoch=epoch,
         )
 
+    def check_grant(self, keyslot, grant) -> None:
+        """The grant lets this VM's keyslot leave this node, at its current epoch, for the node it names."""
+        node_name, nv_name = self.identity()
+        check_grant(
+            grant,
+            vmid=keyslot.vmid,
+            vm_uuid=keyslot.vm_uuid,
+            key_public=keyslot.policy_key_public,
+            key_name=keyslot.policy_key_name,
+            source_name=node_name,
+            epoch_nv_name=nv_name,
+        )
+        if self.target_name(grant.target_public) != grant.target_name:
+            raise PolicyError(
+                f"the grant names target {grant.target_name.hex()[:16]}…, but the public key it carries belongs to "
+                f"{self.target_name(grant.target_public).hex()[:16]}… (altered grant or wrong node record)"
+            )
+        if grant.target_name == node_name:
+            raise InputError("the grant's target is this node itself: a VM cannot migrate to the node it is on")
+
+    def check_bundle_target(self, bundle) -> None:
+        node_name = self.identity()[0]
+        if bundle.backend != self.backend:
+            raise InputError(
+                f"the bundle carries a {bundle.backend} keyslot, but this node uses backend {self.backend}: "
+                "source and target must use the same backend"
+            )
+        if bundle.target_name != node_name:
+            raise PolicyError(
+                f"the bundle was made for node {bundle.target_name.hex()[:16]}…, but this node is "
+                f"{node_name.hex()[:16]}…: only the node it was exported to can import it"
+            )
+        key_name = parse_policy_key_public(bundle.policy_key_public, "bundle policy key")[1]
+        if key_name != bundle.policy_key_name:
+            raise PolicyError("the bundle's policy key does not have the name it claims (altered bundle)")
+
+
+def transfer_binding(keyslot, source_name: bytes, target_name: bytes) -> dict:
+    return {
+        "vmid": keyslot.vmid,
+        "vm_uuid": keyslot.vm_uuid,
+        "keyslot_id": keyslot.keyslot_id,
+        "source": source_name.hex(),
+        "target": target_name.hex(),
+    }
+
 
 class TpmBackend(_Backend):
     def identity(self) -> tuple[bytes, bytes]:
@@ -122,6 +173,46 @@ class TpmBackend(_Backend):
     def bump_epoch(self) -> int:
         return self.node.bump_epoch()
 
+    @staticmethod
+    def target_name(target_public: bytes) -> bytes:
+        """TPM name of the target SRK's TPM2B_PUBLIC."""
+        if len(target_public) < 4 or int.from_bytes(target_public[:2], "big") != len(target_public) - 2:
+            raise InputError("the target's SRK public area is not a TPM2B_PUBLIC (wrong node record?)")
+        return name_of_public_area(target_public[2:])
+
+    def export_keyslot(self, keyslot, grant) -> dict:
+        """TPM2_Duplicate to the target SRK under the grant; the VRK never leaves a TPM in the clear."""
+        from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.duplicate import duplicate_to  # noqa: PLC0415
+
+        duplicate, seed = duplicate_to(
+            self.node,
+            public=keyslot.sealed.public,
+            private=keyslot.sealed.private,
+            key_public=keyslot.policy_key_public,
+            key_name=keyslot.policy_key_name,
+            policy_ref=pd.policy_ref_for(keyslot.vm_uuid),
+            target_srk_public=grant.target_public,
+            approved_policy=grant.approved_policy,
+            signature_r=grant.signature_r,
+            signature_s=grant.signature_s,
+            epoch=grant.epoch,
+        )
+        return {"public": keyslot.sealed.public, "duplicate": duplicate, "seed": seed}
+
+    def import_keyslot(self, bundle) -> Tpm2Sealed:
+        from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.duplicate import import_here  # noqa: PLC0415
+        from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.keyslot import auth_policy  # noqa: PLC0415
+
+        public = bundle.keyslot["public"]
+        if auth_policy(public) != pd.authorize(bundle.policy_key_name, pd.policy_ref_for(bundle.vm_uuid)):
+            raise PolicyError(
+                f"the bundle's keyslot object is not sealed to VM {bundle.vmid}'s policy key and uuid (altered bundle)"
+            )
+        private = import_here(
+            self.node, public=public, duplicate=bundle.keyslot["duplicate"], seed=bundle.keyslot["seed"]
+        )
+        return Tpm2Sealed(public=public, private=private)
+
 
 class SoftwareBackend(_Backend):
     def identity(self) -> tuple[bytes, bytes]:
@@ -152,6 +243,41 @@ class SoftwareBackend(_Backend):
 
     def bump_epoch(self) -> int:
         return self.node.bump_epoch(self._rewrap)
+
+    @staticmethod
+    def target_name(target_public: bytes) -> bytes:
+        if len(target_public) != 32:
+            raise InputError("the target's enrollment key is not an X25519 public key (wrong node record?)")
+        return software_node_name(target_public)
+
+    def export_keyslot(self, keyslot, grant) -> dict:
+        """The VRK wrapped to the target's X25519 enrollment key, bound to VM, keyslot and both nodes."""
+        epoch = self.node.epoch()
+        if grant.epoch != epoch:
+            raise PolicyError(
+                f"the duplication grant is for source epoch {grant.epoch} but this node is at epoch {epoch}: "
+                "it was revoked; sign a new grant"
+            )
+        kek = self.node.kek(keyslot.sealed.kek_version)
+        vrk = sw_keyslot.unwrap_vrk(kek, keyslot.sealed.wrapped, sw_keyslot.binding_of(keyslot))
+        binding = transfer_binding(keyslot, keyslot.node_name, grant.target_name)
+        ephemeral, wrapped = sw_transfer.wrap_for_target(vrk, grant.target_public, binding)
+        return {"ephemeral_public": ephemeral, "wrapped": wrapped}
+
+    def import_keyslot(self, bundle) -> SoftwareSealed:
+        private = read_regular(os.path.join(self.node.dir, "enrollment.key"), "enrollment key", 32)
+        binding = transfer_binding(bundle, bundle.source_name, bundle.target_name)
+        vrk = sw_transfer.unwrap_at_target(
+            private, bundle.keyslot["ephemeral_public"], bundle.keyslot["wrapped"], binding
+        )
+        return self.seal(
+            vrk,
+            keyslot_id=bundle.keyslot_id,
+            vmid=bundle.vmid,
+            vm_uuid=bundle.vm_uuid,
+            policy_key_name=bundle.policy_key_name,
+            migratable=True,
+        )
 
     def _rewrap(self, old_kek: bytes, old: int, new_kek: bytes, new: int) -> None:
         for path in sorted(glob.glob(os.path.join(self.node.state_dir, "[0-9]*", "keyslot.json"))):

@@ -82,7 +82,7 @@ def _require_approval(vm: VmDir, given):
     return approval
 
 
-def _approval_differs(installed, new) -> bool:
+def approval_differs(installed, new) -> bool:
     """Approvals are re-signed on every run (fresh ECDSA nonce, new issued_at); what they authorize is what counts."""
     if installed is None:
         return True
@@ -125,7 +125,7 @@ def seal(
     approval_changed = False
     if approval is not None:
         _check_pcr_cover(approval, pcrs)
-        approval_changed = _approval_differs(vm.approval(required=False), approval)
+        approval_changed = approval_differs(vm.approval(required=False), approval)
     before = {"keyslot": keyslot.keyslot_id if keyslot else None, "blobs": {}}
     actions = []
     if keyslot is None:
@@ -237,7 +237,7 @@ def install_approval(backend, vm: VmDir, approval, *, check_mode: bool) -> dict:
     keyslot = vm.keyslot()
     backend.check_keyslot_node(keyslot)
     backend.check_approval(keyslot, approval)
-    changed = _approval_differs(vm.approval(required=False), approval)
+    changed = approval_differs(vm.approval(required=False), approval)
     if changed and not check_mode:
         vm.write(vm.approval_path, approval.to_bytes())
     return {"changed": changed, "epoch": approval.epoch}

@@ -1,0 +1,150 @@
+"""The migrate playbook between two plain Linux "nodes" (ironclaw_pve false), each with its own swtpm:
+the target unseals the same bytes, the source copy dies, the neighbours keep working, the store records
+the move, an interrupted run converges, and bad input changes nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import sys
+
+import pytest
+from playbook_rig import CALLBACKS, DEBIAN_PYTHON, PLAYBOOKS, Lab, Node, vm_uuid_of
+
+from rig.swtpm import Swtpm
+
+pytestmark = pytest.mark.swtpm
+
+VMID, NEIGHBOUR = 300, 301
+UUID = vm_uuid_of("nodeA", VMID)
+
+
+@pytest.fixture
+def lab(tmp_path, playbook_tools):
+    """nodeA (Debian's python) and nodeB (the venv's), each on its own swtpm, enrolled; VM 300 and its neighbour
+    301 provisioned on nodeA."""
+    with Swtpm() as tpm_a, Swtpm() as tpm_b:
+        lab = Lab(
+            tmp_path,
+            [
+                Node("nodeA", "tpm2", tmp_path / "nodeA", DEBIAN_PYTHON, tcti=tpm_a.tcti),
+                Node("nodeB", "tpm2", tmp_path / "nodeB", sys.executable, tcti=tpm_b.tcti),
+            ],
+        )
+        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
+        lab.run("enroll")
+        lab.provision("nodeA", VMID)
+        lab.provision("nodeA", NEIGHBOUR)
+        yield lab
+
+
+def migrate(lab: Lab, *extra: str, source="nodeA", target="nodeB", **options):
+    args = ["-e", f"ironclaw_vmid={VMID}", "-e", f"ironclaw_vm_uuid={UUID}"]
+    args += ["-e", f"ironclaw_source={source}", "-e", f"ironclaw_target={target}"]
+    return lab.run("migrate", *args, *extra, **options)
+
+
+def unsealed(lab: Lab, node: str, tmp_path, vmid=VMID, uuid=UUID, expect_fail=False) -> dict[str, bytes]:
+    dest = tmp_path / f"out-{node}-{vmid}"
+    shutil.rmtree(dest, ignore_errors=True)
+    args = ["-e", f"ironclaw_node={node}", "-e", f"ironclaw_vmid={vmid}", "-e", f"ironclaw_vm_uuid={uuid}"]
+    lab.run(str(PLAYBOOKS / "unseal.yml"), *args, "-e", f"unseal_dest={dest}", expect_fail=expect_fail)
+    return {} if expect_fail else {p.name: p.read_bytes() for p in dest.iterdir()}
+
+
+def history(lab: Lab) -> list[dict]:
+    """The VM's manifests in the store, oldest first (payloads of the DSSE envelopes)."""
+    return [json.loads(base64.b64decode(json.loads(p.read_text())["payload"])) for p in lab.store_chain("nodeA", VMID)]
+
+
+def test_migration_moves_the_state_and_revokes_the_source(lab, tmp_path):
+    saved = tmp_path / "saved-source-copy"
+    shutil.copytree(lab.vm_dir("nodeA", VMID), saved)
+    done = migrate(lab)
+    assert "migrated" in done.stdout and "was revoked" in done.stdout
+    # The target unseals exactly the same bytes.
+    assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
+    # The store records the move as the next version.
+    chain = history(lab)
+    assert chain[-1]["node"]["name"] == "nodeB" and chain[-1]["version"] == len(chain) == 2
+    assert chain[-1]["migration"]["source"] == "nodeA" and chain[-1]["migration"]["target"] == "nodeB"
+    assert chain[-1]["blobs"] == chain[-2]["blobs"], "blobs travel unchanged"
+    # The source's files are gone; a saved copy put back does not unseal there (epoch revoked).
+    assert not lab.vm_dir("nodeA", VMID).exists()
+    shutil.copytree(saved, lab.vm_dir("nodeA", VMID))
+    unsealed(lab, "nodeA", tmp_path, expect_fail=True)
+    # The neighbour on the source was re-approved and still verifies.
+    lab.verify("nodeA", NEIGHBOUR)
+    # No bundle is left anywhere.
+    assert not list(lab.root.rglob("*.bundle.json"))
+
+
+def test_finished_migration_re_run_is_a_no_op_that_says_so(lab, tmp_path):
+    migrate(lab)
+    before = lab.snapshot()
+    again = migrate(lab)
+    assert "already migrated" in again.stdout and "nothing to do" in again.stdout
+    assert all(counts["changed"] == 0 for counts in again.recap.values()), again.recap
+    assert lab.snapshot() == before
+    assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
+
+
+KILL_POINTS = [
+    "Stop the VM and export its keyslot to the target",  # after export
+    "Bring the bundle to this node",  # after transfer
+    "Import the bundle, verified against the manifest it came from, and test-unseal it",  # after import
+    "Refuse to revoke before the target recorded the move",  # before the source is revoked
+]
+
+
+@pytest.mark.parametrize("kill_after", KILL_POINTS, ids=["export", "transfer", "import", "before-revocation"])
+def test_killed_migration_converges_when_re_run(lab, tmp_path, kill_after):
+    env = {
+        "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
+        "ANSIBLE_CALLBACKS_ENABLED": "kill_after",
+        "IRONCLAW_KILL_AFTER": kill_after,
+    }
+    killed = lab.start(
+        "migrate",
+        *["-e", f"ironclaw_vmid={VMID}", "-e", f"ironclaw_vm_uuid={UUID}"],
+        *["-e", "ironclaw_source=nodeA", "-e", "ironclaw_target=nodeB"],
+        env_extra=env,
+    )
+    killed.communicate(timeout=180)
+    assert killed.returncode == -signal.SIGKILL, "the run must have been killed at the chosen step"
+    # No step leaves zero working copies: the source still unseals (it is revoked only after the target verified).
+    assert unsealed(lab, "nodeA", tmp_path) == lab.plaintexts
+    migrate(lab)
+    assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
+    assert not lab.vm_dir("nodeA", VMID).exists()
+    assert history(lab)[-1]["node"]["name"] == "nodeB"
+    lab.verify("nodeA", NEIGHBOUR)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("-e", "ironclaw_target=nodeC"), "not in the inventory"),
+        (("-e", "ironclaw_target=nodeA"), "cannot migrate to the node it is on"),
+        (("-e", "ironclaw_source=nodeB", "-e", "ironclaw_target=nodeA"), "not on the source nodeB"),
+        (("-e", "ironclaw_migration_window_minutes=200000"), "before the migration's not_after"),
+        (("-e", "ironclaw_store_dir=/nonexistent/store"), "store"),
+    ],
+    ids=["unknown-target", "target-is-source", "vm-not-on-source", "manifest-expires-first", "store-unreachable"],
+)
+def test_bad_input_changes_nothing_on_either_node(lab, extra, message):
+    before = lab.snapshot()
+    done = migrate(lab, *extra, expect_fail=True)
+    assert message in done.stdout + done.stderr, done.stdout[-3000:]
+    assert lab.snapshot() == before
+
+
+def test_unenrolled_target_changes_nothing(lab, tmp_path):
+    record = lab.controller_dir / "store" / "nodes" / "nodeB.json"
+    record.rename(tmp_path / "nodeB.json")
+    before = lab.snapshot()
+    done = migrate(lab, expect_fail=True)
+    assert "is not enrolled" in done.stdout
+    assert lab.snapshot() == before
