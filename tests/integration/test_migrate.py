@@ -12,7 +12,7 @@ import signal
 import sys
 
 import pytest
-from playbook_rig import CALLBACKS, DEBIAN_PYTHON, PLAYBOOKS, Lab, Node, vm_uuid_of
+from playbook_rig import CALLBACKS, DEBIAN_PYTHON, PLAYBOOKS, Lab, Node, leak_markers, vm_uuid_of
 
 from rig.swtpm import Swtpm
 
@@ -75,8 +75,13 @@ def test_migration_moves_the_state_and_revokes_the_source(lab, tmp_path):
     lab.provision("nodeA", NEIGHBOUR)
     saved = tmp_path / "saved-source-copy"
     shutil.copytree(lab.vm_dir("nodeA", VMID), saved)
-    done = migrate(lab)
+    done = migrate(lab, verbosity=4)
     assert "migrated" in done.stdout and "was revoked" in done.stdout
+    # At -vvvv neither output holds any secret, in the clear, base64 or hex.
+    output = (done.stdout + done.stderr).encode()
+    for plaintext in lab.plaintexts.values():
+        for marker in leak_markers(plaintext):
+            assert marker not in output
     # The target unseals exactly the same bytes.
     assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
     # The store records the move as the next version.
