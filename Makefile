@@ -78,7 +78,8 @@ integration: | $(VENV_STAMP)
 
 # The Molecule scenarios (extensions/molecule) on a node lab of their own (instance iclabm, see
 # extensions/molecule/config.yml): the default scenario brings it up and down, seal and seal_paramiko run
-# init, enroll, provision and verify over OpenSSH and over paramiko, twice (idempotence), in about 2 minutes.
+# init, enroll, provision and verify over OpenSSH and over paramiko, twice (idempotence); decommission and
+# migration retire and move VMs (extensions/molecule/README.md). About 5 minutes.
 # Molecule's state lives in $(MOLECULE_DIR), fresh for each run. Like the lab tests, skipped (saying why)
 # without root or network namespaces; any failure fails.
 MOLECULE_DIR := $(abspath .build/molecule)

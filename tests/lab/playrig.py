@@ -15,6 +15,7 @@ from labrig import LabInstance
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = REPO / ".build" / "collections"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+ANSIBLE = Path(sys.executable).parent / "ansible"
 PLAYBOOK_TIMEOUT = 180
 
 
@@ -60,13 +61,38 @@ class Rig:
     def verify(self, node: str, vmid: int, *args: str, fail: bool = False) -> str:
         return self.run("verify", "-e", f"ironclaw_node={node}", "-e", f"ironclaw_vmid={vmid}", *args, fail=fail)
 
+    def unsealed(self, node: str, vmid: int, vm_uuid: str) -> dict[str, bytes]:
+        """A VM's secrets unsealed on `node` into a scratch directory there (removed again): name -> bytes."""
+        dest = f"/root/unsealed-{vmid}"
+        args = {"state": "unsealed", "vmid": vmid, "vm_uuid": vm_uuid, "dest": dest, "tcti": "{{ ironclaw_tcti }}"}
+        module = ["-m", "ironclaw.sealed.ironclaw_seal", "-a", json.dumps(args)]
+        proc = subprocess.run(
+            [str(ANSIBLE), node, "-i", str(self.inventory), *module],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=PLAYBOOK_TIMEOUT,
+            check=False,
+        )
+        assert proc.returncode == 0, f"unseal on {node}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr}"
+        listing = self.lab.ssh(
+            int(node.removeprefix("pve")),
+            f'cd {dest} && for f in *; do printf \'%s %s\\n\' "$f" "$(base64 -w0 "$f")"; done && rm -rf {dest}',
+        ).stdout
+        return {name: base64.b64decode(data) for name, data in (line.split() for line in listing.splitlines())}
+
     def snapshot(self) -> dict[str, str]:
-        """Every file on the controller and in the nodes' state directories, with its SHA-256."""
+        """Every file on the controller, in the nodes' state directories and their hookscript snippets, with its
+        SHA-256."""
         found = {}
         for path in sorted(self.controller_dir.rglob("*")):
             if path.is_file() and ".locks" not in path.parts:
                 found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-        files = "find /var/lib/ironclaw -path '*/.locks' -prune -o -type f -print0 | sort -z | xargs -0r sha256sum"
+        files = (
+            "find /var/lib/ironclaw /var/lib/vz/snippets -path '*/.locks' -prune -o -type f -print0 2>/dev/null"
+            " | sort -z | xargs -0r sha256sum"
+        )
         for index in (1, 2):
             listing = self.lab.ssh(index, files).stdout
             for line in listing.splitlines():

@@ -12,7 +12,7 @@ from playrig import ANSIBLE_PLAYBOOK, Rig
 
 pytestmark = pytest.mark.lab
 
-INSTANCE = ("iclabk", "10.213.5.0/24")
+INSTANCE = ("iclabk", "10.213.6.0/24")
 GONE, NEIGHBOUR = 9400, 9401
 UUIDS = {GONE: "6f1c2a4e-9b7d-4c1a-8e2f-000000009400", NEIGHBOUR: "6f1c2a4e-9b7d-4c1a-8e2f-000000009401"}
 
