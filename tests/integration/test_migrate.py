@@ -167,3 +167,35 @@ def test_unenrolled_target_changes_nothing(untouched_lab, tmp_path):
         assert untouched_lab.snapshot() == before
     finally:
         (tmp_path / "nodeB.json").rename(record)
+
+
+def test_re_approval_on_the_source_does_not_pull_back_a_vm_moving_away(lab, tmp_path):
+    """VM 301's move is recorded on nodeB but its source copy not yet revoked when VM 300's revocation re-approves
+    the source's other VMs: that must not record 301 on nodeA again (it would then be placed where its state is not
+    once its own revocation runs)."""
+    lab.provision("nodeA", NEIGHBOUR)
+    neighbour_uuid = vm_uuid_of("nodeA", NEIGHBOUR)
+    killed = lab.start(
+        "migrate",
+        *["-e", f"ironclaw_vmid={NEIGHBOUR}", "-e", f"ironclaw_vm_uuid={neighbour_uuid}"],
+        *["-e", "ironclaw_source=nodeA", "-e", "ironclaw_target=nodeB"],
+        env_extra={
+            "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
+            "ANSIBLE_CALLBACKS_ENABLED": "kill_after",
+            "IRONCLAW_KILL_AFTER": "Refuse to revoke before the target recorded the move",
+        },
+    )
+    killed.communicate(timeout=180)
+    assert killed.returncode == -signal.SIGKILL
+    migrate(lab)  # VM 300: its revocation re-approves VM 301, still on nodeA's disk
+    chain = [
+        json.loads(base64.b64decode(json.loads(p.read_text())["payload"])) for p in lab.store_chain("nodeA", NEIGHBOUR)
+    ]
+    assert [m["node"]["name"] for m in chain] == ["nodeA", "nodeB"], "nothing new recorded for the VM moving away"
+    lab.run(
+        "migrate",
+        *["-e", f"ironclaw_vmid={NEIGHBOUR}", "-e", f"ironclaw_vm_uuid={neighbour_uuid}"],
+        *["-e", "ironclaw_source=nodeA", "-e", "ironclaw_target=nodeB"],
+    )
+    assert unsealed(lab, "nodeB", tmp_path, NEIGHBOUR, neighbour_uuid) == lab.plaintexts
+    assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
