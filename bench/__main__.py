@@ -1,7 +1,8 @@
-"""``python -m bench [--quick]``: seal and unseal N secrets of one VM with ironclaw, clevis and systemd-creds.
+"""``python -m bench [--quick]``: seal and unseal N secrets of one VM with ironclaw, clevis and systemd-creds;
+migrate a VM, and a fleet of VMs, between two nodes with ironclaw.
 
-Every run gets a fresh swtpm behind a TPM command counter. Prints a table and
-writes the same figures to bench/out (JSON, a Markdown table, a PNG plot).
+Every run gets fresh swtpms behind TPM command counters. Prints tables and
+writes the same figures to bench/out (JSON, Markdown tables, PNG plots).
 See bench/README.md; ``make bench`` installs what this needs first.
 """
 
@@ -19,7 +20,7 @@ from bench import checkout
 
 checkout.setup()
 
-from bench import machine, measure, plot, report  # noqa: E402
+from bench import machine, measure, migration, plot, report  # noqa: E402
 from bench.procs import ProcessCounter  # noqa: E402
 from bench.tools import SECRET_BYTES, Tool  # noqa: E402
 from bench.tools.ironclaw import IronclawInProcess, IronclawPlaybook  # noqa: E402
@@ -34,6 +35,9 @@ QUICK_SIZES = (1, 10)
 RUNS = {1: 5, 10: 5, 100: 3, 1000: 3}
 DEFAULT_RUNS = 3
 PER_SECRET_PROCESS_ONE_RUN_FROM = 100
+PARTS = ("seal", "migration")
+# Migration through the playbook: up to this N (Ansible's fixed cost dominates; in process goes to 1000).
+PLAYBOOK_MIGRATION_MAX_N = 100
 
 
 def runs_for(tool: type[Tool], n: int, quick: bool) -> int:
@@ -48,7 +52,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sizes", help="comma-separated N values instead of the default 1,10,100,1000")
     parser.add_argument("--tools", help=f"comma-separated subset of: {', '.join(t.key for t in TOOLS)}")
     parser.add_argument("--out", type=Path, default=checkout.OUT, help="output directory (default: bench/out)")
+    parser.add_argument("--parts", help=f"comma-separated subset of: {', '.join(PARTS)} (default: both)")
+    parser.add_argument(
+        "--migration-sizes",
+        help="comma-separated N values to migrate instead of 1,10,100,1000 (the playbook only up to "
+        f"N={PLAYBOOK_MIGRATION_MAX_N})",
+    )
+    parser.add_argument("--fleet", help="comma-separated fleet sizes instead of 1,5,10 (VMs, one secret each)")
+    parser.add_argument(
+        "--fleet-parallel", help="comma-separated concurrent migrate runs for the largest fleet instead of 1,2,4"
+    )
     return parser.parse_args(argv)
+
+
+def _sizes(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split(",")) if text else default
 
 
 def log(message: str) -> None:
@@ -58,12 +76,14 @@ def log(message: str) -> None:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     sizes = tuple(int(n) for n in args.sizes.split(",")) if args.sizes else QUICK_SIZES if args.quick else SIZES
-    chosen = [t for t in TOOLS if not args.tools or t.key in args.tools.split(",")]
+    parts = args.parts.split(",") if args.parts else PARTS
+    chosen = [t for t in TOOLS if "seal" in parts and (not args.tools or t.key in args.tools.split(","))]
     started = datetime.datetime.now(datetime.UTC)
     doc = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "quick": args.quick,
-        "sizes": list(sizes),
+        "parts": list(parts),
+        "sizes": list(sizes) if "seal" in parts else [],
         "secret_bytes": SECRET_BYTES,
         "machine": machine.describe(),
         "tools": {},
@@ -110,11 +130,30 @@ def main(argv: list[str]) -> int:
             for tool, done in runs.items():
                 if done:
                     doc["results"] += measure.summarize(tool, n, done)
+        if "migration" in parts:
+            log("migration: one VM between two nodes, then fleets")
+            quick = args.quick
+            migration_sizes = _sizes(args.migration_sizes, migration.QUICK_SIZES if quick else migration.SIZES)
+            default_playbook = migration.QUICK_PLAYBOOK_SIZES if quick else migration.PLAYBOOK_SIZES
+            doc["migration"] = migration.measure(
+                procs,
+                sizes=migration_sizes,
+                playbook_sizes=tuple(n for n in migration_sizes if n <= PLAYBOOK_MIGRATION_MAX_N)
+                if args.migration_sizes
+                else default_playbook,
+                fleet_sizes=_sizes(args.fleet, migration.QUICK_FLEET_SIZES if quick else migration.FLEET_SIZES),
+                fleet_parallel=_sizes(
+                    args.fleet_parallel, migration.QUICK_FLEET_PARALLEL if quick else migration.FLEET_PARALLEL
+                ),
+                quick=quick,
+                log=log,
+            )
     doc["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc["seconds_total"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1)
     doc["ratios"] = report.ratios(doc["results"])
     print(report.table(doc))
     write(doc, args.out, started)
-    return 1 if doc["errors"] else 0
+    return 1 if doc["errors"] or doc.get("migration", {}).get("errors") else 0
 
 
 def failed(doc: dict, n: int) -> set:
@@ -131,11 +170,18 @@ def write(doc: dict, out: Path, started: datetime.datetime) -> None:
         path.write_text(text)
         log(f"wrote {path}")
     (out / f"{latest}.md").write_text(report.compact_markdown(doc) + "\n")
-    try:
-        plot.render(doc, out / f"{latest}.png")
-        log(f"wrote {out / f'{latest}.png'}")
-    except ImportError as exc:
-        log(f"no plot: {exc} (make bench installs requirements/bench.txt)")
+    plots = []
+    if doc["results"]:
+        plots.append((plot.render, out / f"{latest}.png"))
+    if doc.get("migration"):
+        plots.append((plot.render_migration, out / f"{latest}-migration.png"))
+    for render, path in plots:
+        try:
+            render(doc, path)
+            log(f"wrote {path}")
+        except ImportError as exc:
+            log(f"no plot: {exc} (make bench installs requirements/bench.txt)")
+            break
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The results as one JSON document and as a text table, with ratios of each peer to ironclaw."""
+"""The results as one JSON document and as text tables, with ratios of each peer to ironclaw; migration figures."""
 
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ def _count_text(value: int | None) -> str:
 
 
 def table(doc: dict) -> str:
-    labels = {key: tool["label"] for key, tool in doc["tools"].items()}
     machine = doc["machine"]
     lines = [
         f"ironclaw.sealed vs clevis and systemd-creds, {doc['date']}",
@@ -46,6 +45,16 @@ def table(doc: dict) -> str:
         f"fresh swtpm per run; {doc['secret_bytes']}-byte secrets; time = median wall seconds over 'runs' runs; "
         "TPM cmds and processes counted per run",
     ]
+    if doc["results"] or doc["tools"]:
+        lines += _seal_table(doc)
+    if doc.get("migration"):
+        lines += ["", *migration_table(doc["migration"])]
+    return "\n".join(lines)
+
+
+def _seal_table(doc: dict) -> list[str]:
+    labels = {key: tool["label"] for key, tool in doc["tools"].items()}
+    lines = []
     for op in ("seal", "unseal"):
         lines += [
             "",
@@ -78,7 +87,7 @@ def table(doc: dict) -> str:
             lines += ["", f"{labels[key]}: not measurable here: {tool['not_measured']}"]
     for error in doc.get("errors", []):
         lines += ["", f"error: {error}"]
-    return "\n".join(lines)
+    return lines
 
 
 def _order(doc: dict, row: dict) -> int:
@@ -86,7 +95,17 @@ def _order(doc: dict, row: dict) -> int:
 
 
 def compact_markdown(doc: dict) -> str:
-    """The README's table: per operation and N, each tool's median time and TPM commands."""
+    """The README's tables: sealing and unsealing (per operation and N, each tool's median time, TPM commands and
+    processes), then migration."""
+    parts = []
+    if doc["results"]:
+        parts.append(_seal_markdown(doc))
+    if doc.get("migration"):
+        parts.append(migration_markdown(doc["migration"]))
+    return "\n\n".join(parts)
+
+
+def _seal_markdown(doc: dict) -> str:
     tools = [key for key, tool in doc["tools"].items() if not tool.get("not_measured")]
     index = {(r["tool"], r["n"], r["op"]): r for r in doc["results"]}
     header = "| op | N | " + " | ".join(doc["tools"][key]["label"] for key in tools) + " |"
@@ -102,4 +121,126 @@ def compact_markdown(doc: dict) -> str:
                     procs = _count_text(row["processes"])
                     cells.append(f"{row['seconds_median']:.3g} s · {row['tpm_commands']} cmd · {procs} proc")
             lines.append(f"| {op} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- migration ---------------------------------------------------------------------------------------------------
+
+MIGRATION_STEPS = ("export", "copy", "import", "revoke", "total")
+
+
+def _tpm_split(row: dict) -> str:
+    return "+".join(str(v) for v in row["tpm_by_node"].values())
+
+
+def migration_table(mig: dict) -> list[str]:
+    """Text: one VM (in process per step, the playbook as a whole), then fleets."""
+    lines = [
+        "migrate one VM with N secrets nodeA -> nodeB (TPM cmds: both TPMs, split source+target)",
+        f"{'N':>6}  {'step':<22}{'runs':>5}{'median s':>11}{'TPM cmds':>10}{'split':>9}{'processes':>11}",
+    ]
+    rows = sorted(mig["results"], key=lambda r: (r["n"], r["tool"]))
+    for row in rows:
+        if row["tool"] == "ironclaw":
+            for step in MIGRATION_STEPS:
+                cell = row["steps"][step]
+                lines.append(
+                    f"{row['n']:>6}  {'in process: ' + step:<22}{row['runs']:>5}{cell['seconds_median']:>11.3f}"
+                    f"{cell['tpm_commands']:>10}{_tpm_split(cell):>9}{_count_text(cell['processes']):>11}"
+                )
+            lines.append(f"{row['n']:>6}  {'bundle':<22}{row['bundle_bytes']:>15} bytes")
+        else:
+            lines.append(
+                f"{row['n']:>6}  {'migrate playbook':<22}{row['runs']:>5}{row['seconds_median']:>11.3f}"
+                f"{row['tpm_commands']:>10}{_tpm_split(row):>9}{_count_text(row['processes']):>11}"
+            )
+    if mig.get("fleet"):
+        lines += [
+            "",
+            "fleet: M VMs (1 secret each) migrated nodeA -> nodeB, one ansible-playbook run per VM, P runs at once",
+            f"{'M':>4}{'P':>3}{'total s':>10}{'s/VM':>8}{'TPM cmds':>10}{'cmds/VM':>9}{'processes':>11}  failed runs",
+        ]
+        for row in mig["fleet"]:
+            failed = f"{len(row['failed'])} of {row['vms']}"
+            if row["rerun"]:
+                failed += (
+                    f" (re-run one at a time: {row['rerun']['seconds']:.1f} s, {row['rerun']['tpm_commands']} cmds)"
+                )
+            if not row["converged"]:
+                failed += "; NOT CONVERGED"
+            lines.append(
+                f"{row['vms']:>4}{row['parallel']:>3}{row['seconds']:>10.1f}{row['seconds_per_vm']:>8.2f}"
+                f"{row['tpm_commands']:>10}{row['tpm_commands_per_vm']:>9.1f}{_count_text(row['processes']):>11}"
+                f"  {failed}"
+            )
+            for failure in row["failed"]:
+                lines.append(f"{'':>9}VM {failure['vmid']}: task '{failure['task']}': {failure['error']}")
+            for problem in row["check_problems"]:
+                lines.append(f"{'':>9}not converged: {problem}")
+    model = mig.get("fleet_model")
+    if model:
+        lines += ["", f"one at a time, fitted to M = {model['fitted_to']}: {model['formula']}"]
+        for key, unit in (("seconds", "s"), ("tpm_commands", "TPM cmds")):
+            fit = model[key]
+            projected = ", ".join(f"M={m}: {v:g} {unit}" for m, v in fit["projected"].items())
+            lines.append(
+                f"  {unit}: a = {fit['a_per_migration']:g} per migration, b = {fit['b_per_reapproval']:g} per "
+                f"re-approval (worst fit error {fit['worst_fit_error']:.1%}); projected, not measured: {projected}"
+            )
+    if mig.get("not_measured"):
+        lines += ["", f"migration: not measured here: {mig['not_measured']}"]
+    for error in mig.get("errors", []):
+        lines += ["", f"migration error: {error}"]
+    return lines
+
+
+def _cell(seconds: float, tpm: int) -> str:
+    return f"{seconds:.3g} s · {tpm} cmd"
+
+
+def migration_markdown(mig: dict) -> str:
+    """The README's migration tables: one VM by N, then fleets by size and runs at once."""
+    index = {(r["tool"], r["n"]): r for r in mig["results"]}
+    lines = [
+        "| N | export | import | revoke | whole migration (in process) | migrate playbook | bundle |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sorted({r["n"] for r in mig["results"]}):
+        cells = []
+        mine = index.get(("ironclaw", n))
+        for step in ("export", "import", "revoke", "total"):
+            cells.append(
+                _cell(mine["steps"][step]["seconds_median"], mine["steps"][step]["tpm_commands"]) if mine else "—"
+            )
+        book = index.get(("ironclaw-playbook", n))
+        cells.append(
+            f"{_cell(book['seconds_median'], book['tpm_commands'])} · {_count_text(book['processes'])} proc"
+            if book
+            else "—"
+        )
+        cells.append(f"{mine['bundle_bytes']:,} B".replace(",", " ") if mine else "—")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    if mig.get("fleet"):
+        parallel = sorted({r["parallel"] for r in mig["fleet"]})
+        fleet = {(r["vms"], r["parallel"]): r for r in mig["fleet"]}
+        heads = ["one at a time" if p == 1 else f"{p} at once" for p in parallel]
+        lines += ["", "| VMs | " + " | ".join(heads) + " |", "|---:|" + "---:|" * len(parallel)]
+        for size in sorted({r["vms"] for r in mig["fleet"]}):
+            cells = []
+            for p in parallel:
+                row = fleet.get((size, p))
+                if row is None:
+                    cells.append("—")
+                    continue
+                cell = _cell(row["seconds"], row["tpm_commands"])
+                if row["failed"]:
+                    cell += f" · {len(row['failed'])} of {size} runs failed"
+                    if row["rerun"]:
+                        cell += f"; re-run: +{row['rerun']['seconds']:.3g} s, +{row['rerun']['tpm_commands']} cmd"
+                    if row["converged"]:
+                        cell += ", converged"
+                if not row["converged"]:
+                    cell += f" · not converged: {'; '.join(row['check_problems'])}"
+                cells.append(cell)
+            lines.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
