@@ -17,9 +17,15 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer imp
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.split_action import SplitAction
 
 
+def one_vm(args: dict) -> tuple[int, str]:
+    if args["vmid"] is None or args["vm_uuid"] is None or args["vms"] is not None:
+        raise InputError(f"state={args['state']} takes one VM: vmid and vm_uuid (not vms)")
+    return args["vmid"], args["vm_uuid"]
+
+
 def revoked(args: dict, check_mode: bool) -> dict:
     store = PolicyKeyStore(args["controller_dir"])
-    vmid, vm_uuid = args["vmid"], args["vm_uuid"]
+    vmid, vm_uuid = one_vm(args)
     key_name = store.public(vmid, vm_uuid)[1].hex() if store.exists(vmid, vm_uuid) else None
     already = store.destroyed_at(vmid, vm_uuid)
     if already and key_name is None:
@@ -40,6 +46,7 @@ def revoked(args: dict, check_mode: bool) -> dict:
 def receipted(args: dict, check_mode: bool) -> dict:
     if not args["locations"] or not args["policy_key"]:
         raise InputError("state=receipted needs locations (one per node) and policy_key (from state=revoked)")
+    one_vm(args)
     now = clock(args["now"])
     document = build_receipt(
         vmid=args["vmid"],

@@ -24,13 +24,19 @@ options:
     default: absent
     choices: [absent, revoked, receipted]
   vmid:
-    description: Proxmox VMID.
+    description: Proxmox VMID. Required unless O(vms) is given.
     type: int
-    required: true
   vm_uuid:
-    description: The VM's uuid.
+    description: The VM's uuid. Required unless O(vms) is given.
     type: str
-    required: true
+  vms:
+    description:
+      - With O(state=absent), several VMs instead of O(vmid) and O(vm_uuid), each a dict with C(vmid) and C(vm_uuid).
+      - Every VM is checked before anything is removed; then their files are removed and the node's epoch is bumped
+        once for all of them (a fleet that migrated away is revoked in one step, and the other VMs here need one new
+        approval, not one per VM). Not with O(pve) or O(delete_vm).
+    type: list
+    elements: dict
   state_dir:
     description: The node's state directory.
     type: path
@@ -113,17 +119,32 @@ EXAMPLES = r"""
     vmid: 200
     vm_uuid: 0f0e0d0c-0b0a-4909-8807-0605040302ab
   register: destroyed
+
+- name: Revoke three VMs that left this node, under one epoch bump
+  ironclaw.sealed.ironclaw_destroy:
+    state: absent
+    vms:
+      - {vmid: 201, vm_uuid: 0f0e0d0c-0b0a-4909-8807-060504030201}
+      - {vmid: 202, vm_uuid: 0f0e0d0c-0b0a-4909-8807-060504030202}
+      - {vmid: 203, vm_uuid: 0f0e0d0c-0b0a-4909-8807-060504030203}
 """
 
 RETURN = r"""
 status:
-  description: C(destroyed), C(already-destroyed) or, in check mode, C(would-destroy).
+  description:
+    - C(destroyed), C(already-destroyed) or, in check mode, C(would-destroy).
+    - With O(vms), C(destroyed) when any of them was.
   returned: when O(state=absent)
   type: str
 evidence:
   description: Files removed, keyslot id, epoch before and after, what happened to TPM objects, when.
-  returned: when O(state=absent)
+  returned: when O(state=absent) with O(vmid)
   type: dict
+results:
+  description: With O(vms), one entry per VM in the given order, C(vmid), C(vm_uuid), C(status) and C(evidence).
+  returned: when O(state=absent) with O(vms)
+  type: list
+  elements: dict
 proxmox:
   description: What Proxmox said and did, C(vm) (not on this node, stopped, shut down, stopped) and C(deleted).
   returned: when O(state=absent) and O(pve=true)

@@ -199,3 +199,60 @@ def test_re_approval_on_the_source_does_not_pull_back_a_vm_moving_away(lab, tmp_
     )
     assert unsealed(lab, "nodeB", tmp_path, NEIGHBOUR, neighbour_uuid) == lab.plaintexts
     assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
+
+
+def fleet_args(vms, source="nodeA", target="nodeB") -> list[str]:
+    return ["-e", json.dumps({"ironclaw_vms": vms, "ironclaw_source": source, "ironclaw_target": target})]
+
+
+def test_fleet_moves_in_one_run_under_one_epoch_bump(lab, tmp_path):
+    """Three VMs move in one run: each opens on the target with its own bytes, the source's epoch moves once (one
+    revocation for the fleet, not one per VM), the VM that stays is re-approved once and still works, a re-run
+    changes nothing, and a saved copy of any of them is dead on the source."""
+    fleet = [VMID, 302, 303]
+    for vmid in fleet[1:] + [NEIGHBOUR]:
+        lab.provision("nodeA", vmid)
+    saved = {vmid: tmp_path / f"saved-{vmid}" for vmid in fleet}
+    for vmid, where in saved.items():
+        shutil.copytree(lab.vm_dir("nodeA", vmid), where)
+    vms = [{"vmid": vmid, "vm_uuid": vm_uuid_of("nodeA", vmid)} for vmid in fleet]
+    done = lab.run("migrate", *fleet_args(vms))
+    for vmid in fleet:
+        assert f"VM {vmid} migrated: its sealed state is on nodeB" in done.stdout
+        assert unsealed(lab, "nodeB", tmp_path, vmid, vm_uuid_of("nodeA", vmid)) == lab.plaintexts
+        assert not lab.vm_dir("nodeA", vmid).exists()
+    records = [json.loads((lab.root / "nodeA" / "destroyed" / f"{vm['vm_uuid']}.json").read_text()) for vm in vms]
+    assert {(r["epoch_before"], r["epoch_after"]) for r in records} == {(1, 2)}, "one epoch bump for the fleet"
+    assert done.stdout.count("Sign the survivor's approval for the new epoch") == 1, "the neighbour re-approved once"
+    lab.verify("nodeA", NEIGHBOUR)
+    assert not list(lab.root.rglob("*.bundle.json"))
+
+    before = lab.snapshot()
+    again = lab.run("migrate", *fleet_args(vms))
+    assert again.stdout.count("was already migrated from nodeA to nodeB") == len(fleet)
+    assert all(counts["changed"] == 0 for counts in again.recap.values()), again.recap
+    assert lab.snapshot() == before
+
+    for vmid, where in saved.items():
+        shutil.copytree(where, lab.vm_dir("nodeA", vmid))
+        unsealed(lab, "nodeA", tmp_path, vmid, vm_uuid_of("nodeA", vmid), expect_fail=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (fleet_args([VMID, VMID]), "listed twice"),
+        (fleet_args([VMID, "30x"]), "Not a VMID (100 to 999999999): 30x"),
+        (fleet_args([]), "ironclaw_vms is empty"),
+        (fleet_args([VMID]) + ["-e", f"ironclaw_vmid={VMID}"], "not both"),
+        (fleet_args([VMID]) + ["-e", f"ironclaw_vm_uuid={UUID}"], "give each VM's uuid in its entry"),
+        # One VM of the fleet is not on the source: the run stops before anything changed.
+        (fleet_args([{"vmid": VMID, "vm_uuid": UUID}, {"vmid": 399, "vm_uuid": vm_uuid_of("nodeA", 399)}]), "399"),
+    ],
+    ids=["duplicate", "not-a-vmid", "empty", "vmid-and-vms", "vm-uuid-and-vms", "unknown-vm"],
+)
+def test_bad_fleet_changes_nothing(untouched_lab, args, message):
+    before = untouched_lab.snapshot()
+    done = untouched_lab.run("migrate", *args, expect_fail=True)
+    assert message in done.stdout + done.stderr, done.stdout[-3000:]
+    assert untouched_lab.snapshot() == before

@@ -16,7 +16,13 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import Ed25519PrivateKey
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy import receipt as rc
-from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_on_node, read_record
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import (
+    destroy_many_on_node,
+    destroy_on_node,
+    read_record,
+    remove_vm_files,
+    vm_files,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import load_root, new_root
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
@@ -27,6 +33,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import
 NOW = "2030-01-01T00:00:00Z"
 GONE = (200, "22222222-2222-4222-8222-222222222222")
 KEPT = (201, "33333333-3333-4333-8333-333333333333")
+ALSO_GONE = (202, "44444444-4444-4444-8444-444444444444")
 
 
 def seal(backend, state_dir, keys, vm):
@@ -144,6 +151,59 @@ def test_another_vms_state_under_a_reused_vmid_is_not_destroyed(node):
     with pytest.raises(InputError, match="refusing to destroy another VM's state"):
         destroy_on_node(backend, state_dir, GONE[0], "99999999-9999-4999-8999-999999999999", now=NOW, check_mode=False)
     assert os.path.exists(VmDir(state_dir, *GONE).keyslot_path)
+
+
+def test_fleet_revoked_at_once_none_of_its_saved_copies_unseals(node, tmp_path):
+    backend, state_dir, keys = node
+    seal(backend, state_dir, keys, ALSO_GONE)
+    for vm in (GONE, ALSO_GONE):
+        shutil.copytree(VmDir(state_dir, *vm).path, tmp_path / f"backup-{vm[0]}")
+    epoch = backend.epoch()
+    done = destroy_many_on_node(backend, state_dir, [GONE, ALSO_GONE], now=NOW, check_mode=False)
+    assert done["status"] == "destroyed" and backend.epoch() == epoch + 1
+    assert [r["vmid"] for r in done["results"]] == [GONE[0], ALSO_GONE[0]]
+    assert {read_record(state_dir, vm[1])["epoch_after"] for vm in (GONE, ALSO_GONE)} == {epoch + 1}
+    assert [s["vmid"] for s in done["survivors"]] == [KEPT[0]]
+    for vm in (GONE, ALSO_GONE):
+        restored = VmDir(state_dir, *vm)
+        shutil.copytree(tmp_path / f"backup-{vm[0]}", restored.path)
+        with pytest.raises(PolicyError, match="it was revoked"):
+            engine.verify(backend, restored)
+
+
+def test_fleet_with_one_bad_vm_destroys_nothing(node, tmp_path):
+    backend, state_dir, keys = node
+    seal(backend, state_dir, keys, ALSO_GONE)
+    victim = tmp_path / "elsewhere"
+    victim.write_text("keep me")
+    os.symlink(victim, os.path.join(VmDir(state_dir, *ALSO_GONE).path, "c.sealed"))
+    epoch = backend.epoch()
+    with pytest.raises(InputError, match="not a regular file"):
+        destroy_many_on_node(backend, state_dir, [GONE, ALSO_GONE], now=NOW, check_mode=False)
+    assert backend.epoch() == epoch and victim.read_text() == "keep me"
+    assert os.path.exists(VmDir(state_dir, *GONE).keyslot_path)
+    with pytest.raises(InputError, match="listed twice"):
+        destroy_many_on_node(backend, state_dir, [GONE, KEPT, GONE], now=NOW, check_mode=False)
+    assert os.path.exists(VmDir(state_dir, *KEPT).keyslot_path) and backend.epoch() == epoch
+
+
+def test_fleet_cut_before_its_epoch_bump_is_revoked_by_the_rerun(node):
+    backend, state_dir, keys = node
+    seal(backend, state_dir, keys, ALSO_GONE)
+    destroy_on_node(backend, state_dir, *GONE, now=NOW, check_mode=False)
+    epoch = backend.epoch()
+    # A run killed after removing ALSO_GONE's files, before its bump: no record, no bump yet.
+    cut = VmDir(state_dir, *ALSO_GONE)
+    remove_vm_files(cut, vm_files(cut))
+    planned = destroy_many_on_node(backend, state_dir, [GONE, ALSO_GONE], now=NOW, check_mode=True)
+    assert [r["status"] for r in planned["results"]] == ["already-destroyed", "would-destroy"]
+    assert backend.epoch() == epoch
+    again = destroy_many_on_node(backend, state_dir, [GONE, ALSO_GONE], now=NOW, check_mode=False)
+    assert again["changed"] and backend.epoch() == epoch + 1
+    assert read_record(state_dir, ALSO_GONE[1])["epoch_after"] == epoch + 1
+    assert read_record(state_dir, GONE[1])["epoch_after"] == epoch
+    last = destroy_many_on_node(backend, state_dir, [GONE, ALSO_GONE], now=NOW, check_mode=False)
+    assert not last["changed"] and last["status"] == "already-destroyed" and backend.epoch() == epoch + 1
 
 
 def test_policy_key_tombstone_forbids_any_new_key(tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_many_on_node
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import (
     PolicyKeyStore,
@@ -46,6 +47,8 @@ CEILINGS = {
     "unseal": 16,
     # NV_ReadPublic ×2 (lookup), NV_Increment, NV_Read
     "bump_epoch": 4,
+    # revoking VMs that left the node: the epoch read (lookups 2, NV_Read), one bump (4), whatever the number of VMs
+    "revoke": 7,
     # node identity lookups only (ReadPublic ×2, NV_ReadPublic ×2); the approval is checked in software
     "install_approval": 4,
     # lookups (4; the target's name is computed in software), grant signature check (LoadExternal,
@@ -202,6 +205,23 @@ def test_epoch_bump(node):
     assert epoch == 2
     assert counted["NV_Increment"] == 1
     assert_under("bump_epoch", counted)
+
+
+def test_revoking_a_fleet_bumps_the_epoch_once_for_1_and_for_5_vms(node):
+    fleet = [(300 + i, f"6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a{i:02x}") for i in range(6)]
+    for vmid, uuid in fleet:
+        node.seal(secrets(2), vmid, uuid)
+    now = "2030-01-01T00:00:00Z"
+    one, one_counted = node.count(
+        lambda b: destroy_many_on_node(b, node.state_dir, fleet[:1], now=now, check_mode=False)
+    )
+    five, five_counted = node.count(
+        lambda b: destroy_many_on_node(b, node.state_dir, fleet[1:], now=now, check_mode=False)
+    )
+    assert one_counted == five_counted, (one_counted, five_counted)
+    assert five_counted["NV_Increment"] == 1
+    assert {r["evidence"]["epoch_after"] for r in five["results"]} == {one["results"][0]["evidence"]["epoch_after"] + 1}
+    assert_under("revoke", five_counted)
 
 
 def test_installing_an_approval_is_a_software_check(node):

@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import stop_running
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
-from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_on_node
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_many_on_node, destroy_on_node
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 
@@ -17,8 +19,9 @@ CONTROLLER_STATES = ("revoked", "receipted")
 
 SPEC = {
     "state": {"type": "str", "default": "absent", "choices": ["absent", "revoked", "receipted"]},
-    "vmid": {"type": "int", "required": True},
-    "vm_uuid": {"type": "str", "required": True},
+    "vmid": {"type": "int"},
+    "vm_uuid": {"type": "str"},
+    "vms": {"type": "list", "elements": "dict"},
     "state_dir": {"type": "path", "default": "/var/lib/ironclaw"},
     "tcti": {"type": "str"},
     "backend": {"type": "str", "default": "tpm2", "choices": ["tpm2", "software"]},
@@ -65,6 +68,10 @@ def destroy_node(p: dict, check_mode: bool, cli=None) -> dict:
             f"state={p['state']} runs on the controller through the collection's action plugin; "
             "call the module by its full name ironclaw.sealed.ironclaw_destroy"
         )
+    if p["vms"] is not None:
+        return destroy_several(p, check_mode, cli)
+    if p["vmid"] is None or p["vm_uuid"] is None:
+        raise InputError("give the VM: vmid and vm_uuid (or vms, a list of them)")
     vmid, vm_uuid = validate.vmid(p["vmid"]), validate.vm_uuid(p["vm_uuid"])
     now = canonical.utc_timestamp(clock(p["now"]))
     proxmox = proxmox_before(p, cli, vmid, vm_uuid, check_mode) if cli is not None else {}
@@ -85,3 +92,33 @@ def destroy_node(p: dict, check_mode: bool, cli=None) -> dict:
                 proxmox["deleted"] = cli.destroy(vmid)
                 result["changed"] = result["changed"] or proxmox["deleted"]
     return result
+
+
+def several_vms(p: dict) -> list[tuple[int, str]]:
+    """The VMs of O(vms), each checked; refused together with vmid/vm_uuid or with Proxmox actions."""
+    if p["vmid"] is not None or p["vm_uuid"] is not None:
+        raise InputError("give either vmid and vm_uuid (one VM) or vms (several), not both")
+    if p["pve"] or p["delete_vm"]:
+        raise InputError("vms destroys the sealed state of VMs that left this node: pve and delete_vm take one VM")
+    if not p["vms"]:
+        raise InputError("vms is empty: give at least one VM")
+    out = []
+    for number, entry in enumerate(p["vms"], 1):
+        if not isinstance(entry, dict) or "vmid" not in entry or "vm_uuid" not in entry:
+            raise InputError(f"vms entry {number} needs vmid and vm_uuid")
+        out.append((validate.vmid(entry["vmid"]), validate.vm_uuid(entry["vm_uuid"])))
+    return out
+
+
+def destroy_several(p: dict, check_mode: bool, cli=None) -> dict:
+    """Several VMs under one epoch bump: a fleet that migrated away is revoked at once."""
+    vms = several_vms(p)
+    now = canonical.utc_timestamp(clock(p["now"]))
+    with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend:
+        if check_mode:
+            return destroy_many_on_node(backend, p["state_dir"], vms, now=now, check_mode=True)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(locked(p["state_dir"], "node", p["lock_timeout"]))
+            for vmid in sorted({vmid for vmid, _uuid in vms}):
+                stack.enter_context(locked(p["state_dir"], f"vm-{vmid}", p["lock_timeout"]))
+            return destroy_many_on_node(backend, p["state_dir"], vms, now=now, check_mode=False)

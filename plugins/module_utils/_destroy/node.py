@@ -1,6 +1,6 @@
 # Copyright: ironclaw.sealed contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Destroying one VM's sealed state on a node: its files, then the node's epoch.
+"""Destroying VMs' sealed state on a node: their files, then the node's epoch (once for all of them).
 
 Removing files is not erasure (SSD, copy-on-write, Ceph, backups keep copies).
 What makes every copy useless is cryptographic: the epoch bump revokes every
@@ -84,12 +84,13 @@ def remove_vm_files(vm: VmDir, names: list[str]) -> None:
         fsync_dir(vm.state_dir)
 
 
-def surviving_vms(state_dir: str, exclude_uuid: str) -> list[dict]:
+def surviving_vms(state_dir: str, exclude_uuids) -> list[dict]:
     """The other VMs sealed on this node: they need a new approval (same PCR selection) after the epoch bump."""
+    exclude = {exclude_uuids} if isinstance(exclude_uuids, str) else set(exclude_uuids)
     out = []
     for path in sorted(glob.glob(os.path.join(state_dir, "[0-9]*", "keyslot.json"))):
         keyslot = parse_keyslot(read_regular(path, "keyslot"), path)
-        if keyslot.vm_uuid == exclude_uuid:
+        if keyslot.vm_uuid in exclude:
             continue
         approval = VmDir(state_dir, keyslot.vmid, keyslot.vm_uuid).approval(required=False)
         pcrs = approval.pcrs.selection if approval is not None and approval.pcrs else None
@@ -99,32 +100,80 @@ def surviving_vms(state_dir: str, exclude_uuid: str) -> list[dict]:
 
 def destroy_on_node(backend, state_dir: str, vmid: int, vm_uuid: str, *, now: str, check_mode: bool) -> dict:
     """Plan, and outside check mode do, the destruction of one VM on this node."""
-    vm = VmDir(state_dir, vmid, vm_uuid)
-    record = read_record(state_dir, vm.vm_uuid)
-    names = vm_files(vm)
-    if record is not None and not names:
-        survivors = surviving_vms(state_dir, vm.vm_uuid)
-        return {"changed": False, "status": "already-destroyed", "evidence": record, "survivors": survivors}
-    evidence = {
-        "format": RECORD_FORMAT,
-        "vmid": vm.vmid,
-        "vm_uuid": vm.vm_uuid,
-        "backend": backend.backend,
-        "keyslot_id": keyslot_id(vm),
-        "files_removed": names,
-        "epoch_before": backend.epoch(),
-        "epoch_after": None,
-        "tpm_objects": "none persistent: keyslot objects are loaded for one operation and flushed"
-        if backend.backend == "tpm2"
-        else "none: software backend",
-        "destroyed_at": now,
+    result = destroy_many_on_node(backend, state_dir, [(vmid, vm_uuid)], now=now, check_mode=check_mode)
+    only = result["results"][0]
+    return {
+        "changed": result["changed"],
+        "status": only["status"],
+        "evidence": only["evidence"],
+        "survivors": result["survivors"],
     }
-    survivors = surviving_vms(state_dir, vm.vm_uuid)
+
+
+def destroy_many_on_node(backend, state_dir: str, vms, *, now: str, check_mode: bool) -> dict:
+    """Destroy several VMs on this node under one epoch bump (a fleet migrating away, one revocation).
+
+    Every VM is checked (its folder holds only plain files of this very VM) before anything is removed; then the
+    files of every VM not destroyed yet go, then the epoch is bumped once, then each VM's record is written. A run
+    cut in between finds the VMs without a record and bumps again: a second bump revokes nothing that should live.
+    """
+    seen = set()
+    plans = []
+    for vmid, vm_uuid in vms:
+        vm = VmDir(state_dir, vmid, vm_uuid)
+        if vm.vm_uuid in seen:
+            raise InputError(f"VM {vm.vmid} ({vm.vm_uuid}) is listed twice: name each VM once")
+        seen.add(vm.vm_uuid)
+        record = read_record(state_dir, vm.vm_uuid)
+        names = vm_files(vm)
+        plans.append((vm, record, names, keyslot_id(vm) if names else None))
+    if not plans:
+        raise InputError("no VM to destroy: give at least one")
+    survivors = surviving_vms(state_dir, seen)
+    done = {vm.vm_uuid: record for vm, record, names, _ks in plans if record is not None and not names}
+    pending = [plan for plan in plans if plan[0].vm_uuid not in done]
+    results = [
+        {"vmid": vm.vmid, "vm_uuid": vm.vm_uuid, "status": "already-destroyed", "evidence": done[vm.vm_uuid]}
+        for vm, *_rest in plans
+        if vm.vm_uuid in done
+    ]
+    if not pending:
+        return {"changed": False, "status": "already-destroyed", "results": results, "survivors": survivors}
+    epoch_before = backend.epoch()
+    fresh = []
+    for vm, _record, names, ks_id in pending:
+        fresh.append(
+            {
+                "vmid": vm.vmid,
+                "vm_uuid": vm.vm_uuid,
+                "status": "would-destroy" if check_mode else "destroyed",
+                "evidence": {
+                    "format": RECORD_FORMAT,
+                    "vmid": vm.vmid,
+                    "vm_uuid": vm.vm_uuid,
+                    "backend": backend.backend,
+                    "keyslot_id": ks_id,
+                    "files_removed": names,
+                    "epoch_before": epoch_before,
+                    "epoch_after": None,
+                    "tpm_objects": "none persistent: keyslot objects are loaded for one operation and flushed"
+                    if backend.backend == "tpm2"
+                    else "none: software backend",
+                    "destroyed_at": now,
+                },
+            }
+        )
+    order = [vm.vm_uuid for vm, *_rest in plans]
+    results = sorted(results + fresh, key=lambda r: order.index(r["vm_uuid"]))
+    status = "would-destroy" if check_mode else "destroyed"
     if check_mode:
-        return {"changed": True, "status": "would-destroy", "evidence": evidence, "survivors": survivors}
-    remove_vm_files(vm, names)
+        return {"changed": True, "status": status, "results": results, "survivors": survivors}
+    for vm, _record, names, _ks in pending:
+        remove_vm_files(vm, names)
     # After the files: a software epoch bump rewraps the keyslots still on disk and erases the old KEK.
-    evidence["epoch_after"] = backend.bump_epoch()
+    epoch_after = backend.bump_epoch()
     ensure_dir(os.path.join(state_dir, "destroyed"), 0o700)
-    write_atomic(record_path(state_dir, vm.vm_uuid), canonical.dumps(evidence))
-    return {"changed": True, "status": "destroyed", "evidence": evidence, "survivors": survivors}
+    for entry in fresh:
+        entry["evidence"]["epoch_after"] = epoch_after
+        write_atomic(record_path(state_dir, entry["vm_uuid"]), canonical.dumps(entry["evidence"]))
+    return {"changed": True, "status": status, "results": results, "survivors": survivors}
