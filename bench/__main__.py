@@ -62,6 +62,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--fleet-parallel", help="comma-separated concurrent migrate runs for the largest fleet instead of 1,2,4"
     )
+    parser.add_argument(
+        "--fleet-one-run",
+        help="comma-separated fleet sizes moved by one migrate run (ironclaw_vms) instead of 1,10,50",
+    )
     return parser.parse_args(argv)
 
 
@@ -147,6 +151,9 @@ def main(argv: list[str]) -> int:
                 ),
                 quick=quick,
                 log=log,
+                batch_sizes=_sizes(
+                    args.fleet_one_run, migration.QUICK_BATCH_FLEET_SIZES if quick else migration.BATCH_FLEET_SIZES
+                ),
             )
     doc["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     doc["seconds_total"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1)

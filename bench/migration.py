@@ -12,9 +12,10 @@ per node); TPM commands are the sum over both counters.
 - **Playbook, one VM**: ``ansible-playbook ironclaw.sealed.migrate`` from
   nodeA to nodeB, two localhost nodes (``ironclaw_pve: false``) as in
   tests/integration/test_migrate.py.
-- **Playbook, fleet**: M VMs (one secret each) provisioned on nodeA, each
-  migrated to nodeB by its own ``ansible-playbook`` run (the playbook takes one
-  VMID), one at a time or with up to P runs at once.
+- **Playbook, fleet**: M VMs (one secret each) provisioned on nodeA and
+  migrated to nodeB by one ``ansible-playbook`` run for the whole fleet
+  (``ironclaw_vms``: one epoch bump on the source), or by one run per VM, one
+  at a time or with up to P runs at once.
 
 One-time work is not timed: node enrollment, provisioning the VMs. The
 playbook lab is set up once per kind of starting point and saved (both nodes'
@@ -62,12 +63,16 @@ SIZES = (1, 10, 100, 1000)
 PLAYBOOK_SIZES = (1, 10, 100)
 FLEET_SIZES = (1, 5, 10)
 FLEET_PARALLEL = (1, 2, 4)
+# Fleets moved by one migrate run (ironclaw_vms); recorded with parallel = ONE_RUN.
+BATCH_FLEET_SIZES = (1, 10, 50)
+ONE_RUN = 0
 # Fleet sizes projected (never measured by default) from the measured ones: see fleet_model().
 PROJECT_FLEET = (50,)
 QUICK_SIZES = (1, 10)
 QUICK_PLAYBOOK_SIZES = (1,)
 QUICK_FLEET_SIZES = (1, 2)
 QUICK_FLEET_PARALLEL = (1, 2)
+QUICK_BATCH_FLEET_SIZES = (1, 2)
 # Runs per N, as for sealing (bench.__main__.RUNS); the playbook carries seconds of fixed cost, so fewer.
 RUNS = {1: 5, 10: 5, 100: 3, 1000: 3}
 PLAYBOOK_RUNS = 3
@@ -551,16 +556,18 @@ def playbook_single(lab: TwoNodeLab, sizes: tuple[int, ...], runs: int, log) -> 
 # -- playbook, fleet -------------------------------------------------------------------------------------------
 
 
-def fleet(lab: TwoNodeLab, sizes: tuple[int, ...], parallel: tuple[int, ...], log) -> dict:
+def fleet(
+    lab: TwoNodeLab, sizes: tuple[int, ...], parallel: tuple[int, ...], log, batch_sizes: tuple[int, ...] = ()
+) -> dict:
     """For each fleet size M: provision M VMs on nodeA, then migrate each to nodeB, one run at a time; for the
-    largest M also P runs at a time."""
+    largest M also P runs at a time; for each of batch_sizes, the whole fleet in one run."""
     rows, errors = [], []
     lab.restore("enrolled")
     secret = make_secrets(1)[0]
     secrets_file = lab.lab.write_secrets("bench-fleet.json", [{"name": secret.name, "content": secret.data.decode()}])
     provisioned = 0
     provision_seconds = 0.0
-    for size in sorted(sizes):
+    for size in sorted(set(sizes) | set(batch_sizes)):
         try:
             start = time.perf_counter()
             while provisioned < size:
@@ -587,6 +594,14 @@ def fleet(lab: TwoNodeLab, sizes: tuple[int, ...], parallel: tuple[int, ...], lo
                 log(f"fleet M={size} P={workers}: failed: {exc}")
                 continue
             rows.append(row)
+    for size in sorted(batch_sizes):
+        if not (lab.saved / f"fleet-{size}").exists():
+            continue
+        try:
+            rows.append(_fleet_batch_run(lab, size, {secret.name: secret.data}, log))
+        except BenchError as exc:
+            errors.append({"part": "fleet", "vms": size, "parallel": ONE_RUN, "error": str(exc)})
+            log(f"fleet M={size} in one run: failed: {exc}")
     return {
         "rows": rows,
         "errors": errors,
@@ -668,6 +683,54 @@ def _fleet_run(lab: TwoNodeLab, size: int, workers: int, plaintexts: dict[str, b
     }
 
 
+def _fleet_batch_run(lab: TwoNodeLab, size: int, plaintexts: dict[str, bytes], log) -> dict:
+    """The whole fleet in one migrate run (ironclaw_vms): one revocation, one epoch bump on the source."""
+    lab.restore(f"fleet-{size}")
+    vmids = [FLEET_FIRST_VMID + i for i in range(size)]
+    vms = [{"vmid": vmid, "vm_uuid": vm_uuid_of("nodeA", vmid)} for vmid in vmids]
+    log_path = lab.root / f"fleet-{size}-one-run.log"
+    windows = {}
+    with lab.meter.window(windows, "fleet"):
+        done = lab.finish(
+            *lab.start(
+                "migrate",
+                "-e",
+                json.dumps({"ironclaw_vms": vms, "ironclaw_source": "nodeA", "ironclaw_target": "nodeB"}),
+                log=log_path,
+            ),
+            log=log_path,
+        )
+    failed = []
+    if done.returncode != 0:
+        failed.append({"vmid": None, "exit": done.returncode, **failure_of(done.output, lab.lab.root)})
+    missing = [vmid for vmid in vmids if f"VM {vmid} migrated" not in done.output]
+    if missing and not failed:
+        failed.append({"vmid": missing[0], "exit": 0, "host": None, "task": None, "error": "no 'migrated' report"})
+    window = windows["fleet"]
+    log(f"fleet M={size} in one run: {window.seconds:.1f}s {sum(window.tpm.values())} cmds, exit {done.returncode}")
+    problems = [problem for vmid in vmids for problem in lab.check_moved(vmid, plaintexts)]
+    for problem in problems:
+        log(f"  not converged: {problem}")
+    return {
+        "tool": "ironclaw-playbook",
+        "vms": size,
+        "parallel": ONE_RUN,
+        "seconds": round(window.seconds, 3),
+        "seconds_per_vm": round(window.seconds / size, 3),
+        "run_seconds": [round(window.seconds, 3)],
+        "tpm_commands": sum(window.tpm.values()),
+        "tpm_commands_per_vm": round(sum(window.tpm.values()) / size, 1),
+        "tpm_by_node": window.tpm_by_node,
+        "tpm_by_command": dict(sorted(window.tpm.items())),
+        "processes": window.processes,
+        "leftovers_flushed": window.leftovers,
+        "failed": failed,
+        "rerun": None,
+        "converged": not problems,
+        "check_problems": problems,
+    }
+
+
 def fleet_model(rows: list[dict], project: tuple[int, ...] = PROJECT_FLEET) -> dict | None:
     """Fit the one-at-a-time fleet totals to a·M + b·M(M-1)/2 and project larger fleets from it.
 
@@ -676,6 +739,7 @@ def fleet_model(rows: list[dict], project: tuple[int, ...] = PROJECT_FLEET) -> d
     a measurement: it is labelled so wherever it is shown.
     """
     points = sorted((r["vms"], r["seconds"], r["tpm_commands"]) for r in rows if r["parallel"] == 1 and not r["failed"])
+    points = [p for p in points if p[0] > 0]
     if len({m for m, _s, _t in points}) < 2:
         return None
     model = {"formula": "a*M + b*M*(M-1)/2", "fitted_to": [m for m, _s, _t in points]}
@@ -715,6 +779,7 @@ def measure(
     fleet_parallel: tuple[int, ...],
     quick: bool,
     log,
+    batch_sizes: tuple[int, ...] = (),
 ) -> dict:
     """The "migration" part of the benchmark's JSON document."""
     doc = {
@@ -722,6 +787,7 @@ def measure(
         "playbook_sizes": list(playbook_sizes),
         "fleet_sizes": list(fleet_sizes),
         "fleet_parallel": list(fleet_parallel),
+        "fleet_one_run_sizes": list(batch_sizes),
         "results": [],
         "fleet": [],
         "errors": [],
@@ -749,7 +815,7 @@ def measure(
         if runs:
             doc["results"].append(summarize_in_process(n, runs))
     reason = TwoNodeLab.missing()
-    if reason is None and (playbook_sizes or fleet_sizes):
+    if reason is None and (playbook_sizes or fleet_sizes or batch_sizes):
         root = Path(tempfile.mkdtemp(prefix="ironclaw-bench-migrate-lab-"))
         try:
             with TwoNodeLab(root, procs) as lab:
@@ -757,7 +823,7 @@ def measure(
                 rows, errors = playbook_single(lab, playbook_sizes, 1 if quick else PLAYBOOK_RUNS, log)
                 doc["results"] += rows
                 doc["errors"] += errors
-                done = fleet(lab, fleet_sizes, fleet_parallel, log)
+                done = fleet(lab, fleet_sizes, fleet_parallel, log, batch_sizes)
                 doc["fleet"] = done["rows"]
                 doc["errors"] += done["errors"]
                 # Not timed: one provision run per VM of the largest fleet, each fleet size saved on the way.

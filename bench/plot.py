@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.report import fleet_label
+
 # The two ironclaw lines coincide in TPM commands when unsealing: hollow, larger squares under filled circles.
 STYLE = {
     "ironclaw": {"color": "#1b7837", "marker": "o", "zorder": 3},
@@ -70,7 +72,11 @@ MIGRATION_STYLE = {
     "total": STYLE["ironclaw"],
     "playbook": {**STYLE["ironclaw-playbook"], "markersize": 8},
 }
-FLEET_STYLE = {1: {"color": "#1b7837", "marker": "o"}, 2: {"color": "#e08214", "marker": "s"}}
+FLEET_STYLE = {
+    0: {"color": "#2166ac", "marker": "^"},
+    1: {"color": "#1b7837", "marker": "o"},
+    2: {"color": "#e08214", "marker": "s"},
+}
 FLEET_DEFAULT = {"color": "#b2182b", "marker": "D"}
 
 
@@ -120,12 +126,12 @@ def render_migration(doc: dict, path: Path) -> None:
         ax = axes[1][col]
         for parallel in sorted({r["parallel"] for r in fleet}):
             rows = sorted((r for r in fleet if r["parallel"] == parallel), key=lambda r: r["vms"])
-            label = "one run at a time" if parallel == 1 else f"{parallel} runs at once"
+            label = fleet_label(parallel)
             style = {"linewidth": 1.8, "markersize": 7, **FLEET_STYLE.get(parallel, FLEET_DEFAULT)}
             ax.plot([r["vms"] for r in rows], [r[metric] for r in rows], label=label, **style)
             for row in rows:
                 if row["failed"] or not row["converged"]:
-                    note = f"{len(row['failed'])} of {row['vms']} runs failed"
+                    note = "the run failed" if parallel == 0 else f"{len(row['failed'])} of {row['vms']} runs failed"
                     if not row["converged"]:
                         note += f",\n{len(row['check_problems'])} problem(s) left after re-run"
                     ax.annotate(

@@ -157,11 +157,12 @@ def migration_table(mig: dict) -> list[str]:
     if mig.get("fleet"):
         lines += [
             "",
-            "fleet: M VMs (1 secret each) migrated nodeA -> nodeB, one ansible-playbook run per VM, P runs at once",
-            f"{'M':>4}{'P':>3}{'total s':>10}{'s/VM':>8}{'TPM cmds':>10}{'cmds/VM':>9}{'processes':>11}  failed runs",
+            "fleet: M VMs (1 secret each) migrated nodeA -> nodeB; P: one run for the fleet (all), or one"
+            " ansible-playbook run per VM, P runs at once",
+            f"{'M':>4}{'P':>4}{'total s':>10}{'s/VM':>8}{'TPM cmds':>10}{'cmds/VM':>9}{'processes':>11}  failed runs",
         ]
         for row in mig["fleet"]:
-            failed = f"{len(row['failed'])} of {row['vms']}"
+            failed = f"{len(row['failed'])} of {1 if row['parallel'] == 0 else row['vms']}"
             if row["rerun"]:
                 failed += (
                     f" (re-run one at a time: {row['rerun']['seconds']:.1f} s, {row['rerun']['tpm_commands']} cmds)"
@@ -169,7 +170,7 @@ def migration_table(mig: dict) -> list[str]:
             if not row["converged"]:
                 failed += "; NOT CONVERGED"
             lines.append(
-                f"{row['vms']:>4}{row['parallel']:>3}{row['seconds']:>10.1f}{row['seconds_per_vm']:>8.2f}"
+                f"{row['vms']:>4}{row['parallel'] or 'all':>4}{row['seconds']:>10.1f}{row['seconds_per_vm']:>8.2f}"
                 f"{row['tpm_commands']:>10}{row['tpm_commands_per_vm']:>9.1f}{_count_text(row['processes']):>11}"
                 f"  {failed}"
             )
@@ -192,6 +193,13 @@ def migration_table(mig: dict) -> list[str]:
     for error in mig.get("errors", []):
         lines += ["", f"migration error: {error}"]
     return lines
+
+
+def fleet_label(parallel: int) -> str:
+    """A fleet column: parallel 0 is one migrate run for the whole fleet (ironclaw_vms), else runs per VM."""
+    if parallel == 0:
+        return "one run for the fleet"
+    return "one run per VM, one at a time" if parallel == 1 else f"one run per VM, {parallel} at once"
 
 
 def _cell(seconds: float, tpm: int) -> str:
@@ -223,7 +231,7 @@ def migration_markdown(mig: dict) -> str:
     if mig.get("fleet"):
         parallel = sorted({r["parallel"] for r in mig["fleet"]})
         fleet = {(r["vms"], r["parallel"]): r for r in mig["fleet"]}
-        heads = ["one at a time" if p == 1 else f"{p} at once" for p in parallel]
+        heads = [fleet_label(p) for p in parallel]
         lines += ["", "| VMs | " + " | ".join(heads) + " |", "|---:|" + "---:|" * len(parallel)]
         for size in sorted({r["vms"] for r in mig["fleet"]}):
             cells = []
@@ -234,7 +242,7 @@ def migration_markdown(mig: dict) -> str:
                     continue
                 cell = _cell(row["seconds"], row["tpm_commands"])
                 if row["failed"]:
-                    cell += f" · {len(row['failed'])} of {size} runs failed"
+                    cell += " · the run failed" if p == 0 else f" · {len(row['failed'])} of {size} runs failed"
                     if row["rerun"]:
                         cell += f"; re-run: +{row['rerun']['seconds']:.3g} s, +{row['rerun']['tpm_commands']} cmd"
                     if row["converged"]:
