@@ -145,6 +145,7 @@ def render_migration(doc: dict, path: Path) -> None:
                         color=style["color"],
                     )
         fit = (mig.get("fleet_model") or {}).get(metric)
+        fit_sizes = (mig.get("fleet_model") or {}).get("fitted_to") or [0]
         if fit and vms:
             xs = [m / 10 for m in range(10, 10 * max(vms) + 1)]
             a, b = fit["a_per_migration"], fit["b_per_reapproval"]
@@ -154,7 +155,7 @@ def render_migration(doc: dict, path: Path) -> None:
                 color=FLEET_STYLE[1]["color"],
                 linewidth=0.8,
                 linestyle="--",
-                label=f"fit, one at a time: {a:.3g}·M + {b:.3g}·M(M−1)/2",
+                label=f"one run per VM, fitted:\n{a:.3g}·M + {b:.3g}·M(M−1)/2, projected past M = {max(fit_sizes)}",
             )
         if vms:
             ax.set_xticks(vms, [str(m) for m in vms])
