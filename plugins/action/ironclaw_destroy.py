@@ -46,11 +46,11 @@ def revoked(args: dict, check_mode: bool) -> dict:
 def receipted(args: dict, check_mode: bool) -> dict:
     if not args["locations"] or not args["policy_key"]:
         raise InputError("state=receipted needs locations (one per node) and policy_key (from state=revoked)")
-    one_vm(args)
+    vmid, vm_uuid = one_vm(args)
     now = clock(args["now"])
     document = build_receipt(
-        vmid=args["vmid"],
-        vm_uuid=args["vm_uuid"],
+        vmid=vmid,
+        vm_uuid=vm_uuid,
         cluster=args["cluster"],
         policy_key=args["policy_key"],
         tombstone=args["tombstone"],

@@ -266,3 +266,33 @@ def test_receipt_signature_verifies_and_tampering_is_refused():
         rc.verify_receipt(rc.sign_receipt(receipt_doc(), keys[:1]), root)  # threshold 2 not met
     with pytest.raises(VerificationError, match="payloadType"):
         rc.verify_receipt(dsse.sign(b"{}", "application/other", keys), root)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"vmid": GONE[0], "vm_uuid": GONE[1]}, "not both"),
+        ({"pve": True}, "pve and delete_vm take one VM"),
+        ({"delete_vm": True}, "pve and delete_vm take one VM"),
+        ({"vms": []}, "vms is empty"),
+        ({"vms": [{"vmid": GONE[0]}]}, "vms entry 1 needs vmid and vm_uuid"),
+        ({"vms": [{"vmid": "x", "vm_uuid": GONE[1]}]}, "VMID must be an integer"),
+    ],
+    ids=["with-vmid", "pve", "delete-vm", "empty", "no-uuid", "bad-vmid"],
+)
+def test_module_refuses_a_bad_vms_list_before_touching_the_node(node, changes, message):
+    # The module's option handling imports ansible (the venv's python has it, Debian's does not).
+    pytest.importorskip("ansible")
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import (  # noqa: PLC0415
+        SPEC,
+        destroy_node,
+    )
+
+    backend, state_dir, _keys = node
+    params = dict.fromkeys(SPEC) | {k: v["default"] for k, v in SPEC.items() if "default" in v}
+    params |= {"state_dir": state_dir, "backend": backend.backend, "vms": [{"vmid": GONE[0], "vm_uuid": GONE[1]}]}
+    params |= changes
+    epoch = backend.epoch()
+    with pytest.raises(InputError, match=message):
+        destroy_node(params, check_mode=False)
+    assert backend.epoch() == epoch and os.path.exists(VmDir(state_dir, *GONE).keyslot_path)

@@ -11,7 +11,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox i
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
-from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_many_on_node, destroy_on_node
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_many_on_node
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 
@@ -69,20 +69,14 @@ def destroy_node(p: dict, check_mode: bool, cli=None) -> dict:
             "call the module by its full name ironclaw.sealed.ironclaw_destroy"
         )
     if p["vms"] is not None:
-        return destroy_several(p, check_mode, cli)
+        return destroy_locked(p, several_vms(p), check_mode)
     if p["vmid"] is None or p["vm_uuid"] is None:
         raise InputError("give the VM: vmid and vm_uuid (or vms, a list of them)")
     vmid, vm_uuid = validate.vmid(p["vmid"]), validate.vm_uuid(p["vm_uuid"])
-    now = canonical.utc_timestamp(clock(p["now"]))
     proxmox = proxmox_before(p, cli, vmid, vm_uuid, check_mode) if cli is not None else {}
-    with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend:
-        if check_mode:
-            result = destroy_on_node(backend, p["state_dir"], vmid, vm_uuid, now=now, check_mode=True)
-        else:
-            # Exclusive node lock: the epoch bump must not interleave with any seal or unseal on this node.
-            with locked(p["state_dir"], "node", p["lock_timeout"]):
-                with locked(p["state_dir"], f"vm-{vmid}", p["lock_timeout"]):
-                    result = destroy_on_node(backend, p["state_dir"], vmid, vm_uuid, now=now, check_mode=False)
+    result = destroy_locked(p, [(vmid, vm_uuid)], check_mode)
+    (only,) = result.pop("results")
+    result.update(status=only["status"], evidence=only["evidence"])
     if proxmox:
         result["proxmox"] = proxmox
         if p["delete_vm"] and proxmox["vm"] not in ("not on this node",) and "another VM" not in proxmox["vm"]:
@@ -110,9 +104,9 @@ def several_vms(p: dict) -> list[tuple[int, str]]:
     return out
 
 
-def destroy_several(p: dict, check_mode: bool, cli=None) -> dict:
-    """Several VMs under one epoch bump: a fleet that migrated away is revoked at once."""
-    vms = several_vms(p)
+def destroy_locked(p: dict, vms: list[tuple[int, str]], check_mode: bool) -> dict:
+    """Destroy the VMs under one epoch bump. Outside check mode with the node lock held exclusively (the bump must
+    not interleave with any seal or unseal on this node) and each VM's lock."""
     now = canonical.utc_timestamp(clock(p["now"]))
     with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend:
         if check_mode:

@@ -84,13 +84,12 @@ def remove_vm_files(vm: VmDir, names: list[str]) -> None:
         fsync_dir(vm.state_dir)
 
 
-def surviving_vms(state_dir: str, exclude_uuids) -> list[dict]:
+def surviving_vms(state_dir: str, exclude_uuids: set[str]) -> list[dict]:
     """The other VMs sealed on this node: they need a new approval (same PCR selection) after the epoch bump."""
-    exclude = {exclude_uuids} if isinstance(exclude_uuids, str) else set(exclude_uuids)
     out = []
     for path in sorted(glob.glob(os.path.join(state_dir, "[0-9]*", "keyslot.json"))):
         keyslot = parse_keyslot(read_regular(path, "keyslot"), path)
-        if keyslot.vm_uuid in exclude:
+        if keyslot.vm_uuid in exclude_uuids:
             continue
         approval = VmDir(state_dir, keyslot.vmid, keyslot.vm_uuid).approval(required=False)
         pcrs = approval.pcrs.selection if approval is not None and approval.pcrs else None
@@ -101,13 +100,8 @@ def surviving_vms(state_dir: str, exclude_uuids) -> list[dict]:
 def destroy_on_node(backend, state_dir: str, vmid: int, vm_uuid: str, *, now: str, check_mode: bool) -> dict:
     """Plan, and outside check mode do, the destruction of one VM on this node."""
     result = destroy_many_on_node(backend, state_dir, [(vmid, vm_uuid)], now=now, check_mode=check_mode)
-    only = result["results"][0]
-    return {
-        "changed": result["changed"],
-        "status": only["status"],
-        "evidence": only["evidence"],
-        "survivors": result["survivors"],
-    }
+    (only,) = result.pop("results")
+    return {**result, "status": only["status"], "evidence": only["evidence"]}
 
 
 def destroy_many_on_node(backend, state_dir: str, vms, *, now: str, check_mode: bool) -> dict:
@@ -117,63 +111,49 @@ def destroy_many_on_node(backend, state_dir: str, vms, *, now: str, check_mode: 
     files of every VM not destroyed yet go, then the epoch is bumped once, then each VM's record is written. A run
     cut in between finds the VMs without a record and bumps again: a second bump revokes nothing that should live.
     """
-    seen = set()
-    plans = []
+    results, pending = [], []
     for vmid, vm_uuid in vms:
         vm = VmDir(state_dir, vmid, vm_uuid)
-        if vm.vm_uuid in seen:
+        if any(r["vm_uuid"] == vm.vm_uuid for r in results):
             raise InputError(f"VM {vm.vmid} ({vm.vm_uuid}) is listed twice: name each VM once")
-        seen.add(vm.vm_uuid)
         record = read_record(state_dir, vm.vm_uuid)
         names = vm_files(vm)
-        plans.append((vm, record, names, keyslot_id(vm) if names else None))
-    if not plans:
+        if record is not None and not names:
+            results.append({"vmid": vm.vmid, "vm_uuid": vm.vm_uuid, "status": "already-destroyed", "evidence": record})
+            continue
+        evidence = {
+            "format": RECORD_FORMAT,
+            "vmid": vm.vmid,
+            "vm_uuid": vm.vm_uuid,
+            "backend": backend.backend,
+            "keyslot_id": keyslot_id(vm),
+            "files_removed": names,
+            "epoch_before": None,
+            "epoch_after": None,
+            "tpm_objects": "none persistent: keyslot objects are loaded for one operation and flushed"
+            if backend.backend == "tpm2"
+            else "none: software backend",
+            "destroyed_at": now,
+        }
+        status = "would-destroy" if check_mode else "destroyed"
+        results.append({"vmid": vm.vmid, "vm_uuid": vm.vm_uuid, "status": status, "evidence": evidence})
+        pending.append((vm, evidence))
+    if not results:
         raise InputError("no VM to destroy: give at least one")
-    survivors = surviving_vms(state_dir, seen)
-    done = {vm.vm_uuid: record for vm, record, names, _ks in plans if record is not None and not names}
-    pending = [plan for plan in plans if plan[0].vm_uuid not in done]
-    results = [
-        {"vmid": vm.vmid, "vm_uuid": vm.vm_uuid, "status": "already-destroyed", "evidence": done[vm.vm_uuid]}
-        for vm, *_rest in plans
-        if vm.vm_uuid in done
-    ]
+    survivors = surviving_vms(state_dir, {r["vm_uuid"] for r in results})
     if not pending:
         return {"changed": False, "status": "already-destroyed", "results": results, "survivors": survivors}
     epoch_before = backend.epoch()
-    fresh = []
-    for vm, _record, names, ks_id in pending:
-        fresh.append(
-            {
-                "vmid": vm.vmid,
-                "vm_uuid": vm.vm_uuid,
-                "status": "would-destroy" if check_mode else "destroyed",
-                "evidence": {
-                    "format": RECORD_FORMAT,
-                    "vmid": vm.vmid,
-                    "vm_uuid": vm.vm_uuid,
-                    "backend": backend.backend,
-                    "keyslot_id": ks_id,
-                    "files_removed": names,
-                    "epoch_before": epoch_before,
-                    "epoch_after": None,
-                    "tpm_objects": "none persistent: keyslot objects are loaded for one operation and flushed"
-                    if backend.backend == "tpm2"
-                    else "none: software backend",
-                    "destroyed_at": now,
-                },
-            }
-        )
-    order = [vm.vm_uuid for vm, *_rest in plans]
-    results = sorted(results + fresh, key=lambda r: order.index(r["vm_uuid"]))
-    status = "would-destroy" if check_mode else "destroyed"
+    for _vm, evidence in pending:
+        evidence["epoch_before"] = epoch_before
     if check_mode:
-        return {"changed": True, "status": status, "results": results, "survivors": survivors}
-    for vm, _record, names, _ks in pending:
-        remove_vm_files(vm, names)
+        return {"changed": True, "status": "would-destroy", "results": results, "survivors": survivors}
+    for vm, evidence in pending:
+        remove_vm_files(vm, evidence["files_removed"])
     # After the files: a software epoch bump rewraps the keyslots still on disk and erases the old KEK.
     epoch_after = backend.bump_epoch()
     ensure_dir(os.path.join(state_dir, "destroyed"), 0o700)
-    for entry in fresh:
-        entry["evidence"]["epoch_after"] = epoch_after
-        write_atomic(record_path(state_dir, entry["vm_uuid"]), canonical.dumps(entry["evidence"]))
-    return {"changed": True, "status": status, "results": results, "survivors": survivors}
+    for vm, evidence in pending:
+        evidence["epoch_after"] = epoch_after
+        write_atomic(record_path(state_dir, vm.vm_uuid), canonical.dumps(evidence))
+    return {"changed": True, "status": "destroyed", "results": results, "survivors": survivors}
