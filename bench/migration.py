@@ -48,7 +48,6 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._format import can
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import (
     PolicyKeyStore,
-    sign_approval,
     sign_grant,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine, transfer
@@ -57,6 +56,7 @@ from bench import tpmrm
 from bench.procs import ProcessCounter
 from bench.tools import BenchError, make_secrets
 from rig.counter import TpmCommandCounter
+from rig.policy import approve
 from rig.swtpm import Swtpm
 
 SIZES = (1, 10, 100, 1000)
@@ -179,7 +179,7 @@ def _in_process(n, work: Path, tpms, counters, procs) -> dict:
             migratable=True,
             pcrs=None,
             policy_key_public=keys.public(VMID, UUID)[0],
-            approval=_approval(keys, facts),
+            approval=approve(keys, VMID, UUID, facts),
             check_mode=False,
         )
     setup_tpm = sum(counter.total for counter in counters.values())
@@ -226,7 +226,7 @@ def _in_process(n, work: Path, tpms, counters, procs) -> dict:
             imported = transfer.import_vm(
                 node,
                 VmDir(target, VMID, UUID),
-                _approval(keys, node.facts()),
+                approve(keys, VMID, UUID, node.facts()),
                 path=incoming,
                 now=_now(),
                 check_mode=False,
@@ -249,17 +249,6 @@ def _in_process(n, work: Path, tpms, counters, procs) -> dict:
     if opened != {s.name: s.data for s in secrets}:
         raise BenchError(f"in-process migration: the target does not open the {n} secrets that were sealed")
     return {"setup_tpm": setup_tpm, "steps": steps, "bundle_bytes": bundle_bytes}
-
-
-def _approval(keys: PolicyKeyStore, facts):
-    return sign_approval(
-        keys.load(VMID, UUID),
-        vmid=VMID,
-        vm_uuid=UUID,
-        node_name=facts.node_name,
-        epoch_nv_name=facts.epoch_nv_name,
-        epoch=facts.epoch,
-    )
 
 
 def summarize_in_process(n: int, runs: list[dict]) -> dict:
@@ -659,17 +648,23 @@ def _fleet_run(lab: TwoNodeLab, size: int, workers: int, plaintexts: dict[str, b
             "failed": rerun_failed,
         }
         log(f"  re-run of the {len(failed)} failed, one at a time: {rerun['seconds']:.1f}s, {len(rerun_failed)} failed")
-    # Not timed: every VM opens on nodeB, none is left on nodeA, and the store places each on nodeB.
+    return _fleet_row(lab, vmids, plaintexts, log, workers, window, [s for _vmid, s, _done in results], failed, rerun)
+
+
+def _fleet_row(lab, vmids, plaintexts, log, parallel, window, run_seconds, failed, rerun) -> dict:
+    """A fleet measurement's row, after checking (not timed) that every VM opens on nodeB, none is left on nodeA,
+    and the store places each on nodeB."""
     problems = [problem for vmid in vmids for problem in lab.check_moved(vmid, plaintexts)]
     for problem in problems:
         log(f"  not converged: {problem}")
+    size = len(vmids)
     return {
         "tool": "ironclaw-playbook",
         "vms": size,
-        "parallel": workers,
+        "parallel": parallel,
         "seconds": round(window.seconds, 3),
         "seconds_per_vm": round(window.seconds / size, 3),
-        "run_seconds": [round(s, 3) for _vmid, s, _done in results],
+        "run_seconds": [round(s, 3) for s in run_seconds],
         "tpm_commands": sum(window.tpm.values()),
         "tpm_commands_per_vm": round(sum(window.tpm.values()) / size, 1),
         "tpm_by_node": window.tpm_by_node,
@@ -708,27 +703,7 @@ def _fleet_batch_run(lab: TwoNodeLab, size: int, plaintexts: dict[str, bytes], l
         failed.append({"vmid": missing[0], "exit": 0, "host": None, "task": None, "error": "no 'migrated' report"})
     window = windows["fleet"]
     log(f"fleet M={size} in one run: {window.seconds:.1f}s {sum(window.tpm.values())} cmds, exit {done.returncode}")
-    problems = [problem for vmid in vmids for problem in lab.check_moved(vmid, plaintexts)]
-    for problem in problems:
-        log(f"  not converged: {problem}")
-    return {
-        "tool": "ironclaw-playbook",
-        "vms": size,
-        "parallel": ONE_RUN,
-        "seconds": round(window.seconds, 3),
-        "seconds_per_vm": round(window.seconds / size, 3),
-        "run_seconds": [round(window.seconds, 3)],
-        "tpm_commands": sum(window.tpm.values()),
-        "tpm_commands_per_vm": round(sum(window.tpm.values()) / size, 1),
-        "tpm_by_node": window.tpm_by_node,
-        "tpm_by_command": dict(sorted(window.tpm.items())),
-        "processes": window.processes,
-        "leftovers_flushed": window.leftovers,
-        "failed": failed,
-        "rerun": None,
-        "converged": not problems,
-        "check_problems": problems,
-    }
+    return _fleet_row(lab, vmids, plaintexts, log, ONE_RUN, window, [window.seconds], failed, None)
 
 
 def fleet_model(rows: list[dict], project: tuple[int, ...] = PROJECT_FLEET) -> dict | None:

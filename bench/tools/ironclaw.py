@@ -17,10 +17,11 @@ from pathlib import Path
 from playbook_rig import ANSIBLE_PLAYBOOK, DEBIAN_PYTHON, Lab, Node
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 from bench.tools import BenchError, Tool
+from rig.policy import approve
 
 VMID = 100
 NODE = "nodeA"
@@ -55,14 +56,7 @@ class IronclawInProcess(Tool):
         key_public, _name = self.keys.public(VMID, self.uuid)
         with self._backend() as backend:
             facts = backend.facts()
-            approval = sign_approval(
-                self.keys.load(VMID, self.uuid),
-                vmid=VMID,
-                vm_uuid=self.uuid,
-                node_name=facts.node_name,
-                epoch_nv_name=facts.epoch_nv_name,
-                epoch=facts.epoch,
-            )
+            approval = approve(self.keys, VMID, self.uuid, facts)
             result = engine.seal(
                 backend,
                 self.vm,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -10,13 +11,38 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labrig import LabInstance
+import pytest
+from labrig import LabInstance, lab_unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = REPO / ".build" / "collections"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 ANSIBLE = Path(sys.executable).parent / "ansible"
 PLAYBOOK_TIMEOUT = 180
+
+
+@contextlib.contextmanager
+def enrolled_lab(instance: tuple[str, str], nodes: int, vms: dict[int, tuple[int, str]], root: Path):
+    """A node lab of its own (instance name, network) with `nodes` nodes, the VMs created in the Proxmox simulator
+    ({vmid: (node number, uuid)}), the controller initialised and every node enrolled; taken down afterwards.
+    Skips, saying why, where the lab cannot run."""
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    if not ANSIBLE_PLAYBOOK.exists():
+        pytest.skip(f"{ANSIBLE_PLAYBOOK} not found: run the tests with the venv's python (make bootstrap)")
+    lab = LabInstance(*instance)
+    lab.cli("down")
+    lab.cli("up", str(nodes))
+    try:
+        for vmid, (node, uuid) in vms.items():
+            lab.qm(node, "create", str(vmid), "--smbios1", f"uuid={uuid}")
+        rig = Rig(lab, root)
+        rig.run("init")
+        rig.run("enroll")
+        yield rig
+    finally:
+        lab.cli("down")
 
 
 class Rig:

@@ -7,8 +7,7 @@ A lab instance of its own (2 nodes) so the other lab tests' state is not touched
 from __future__ import annotations
 
 import pytest
-from labrig import LabInstance, lab_unavailable
-from playrig import ANSIBLE_PLAYBOOK, Rig
+from playrig import enrolled_lab
 
 pytestmark = pytest.mark.lab
 
@@ -19,25 +18,11 @@ UUIDS = {GONE: "6f1c2a4e-9b7d-4c1a-8e2f-000000009400", NEIGHBOUR: "6f1c2a4e-9b7d
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    if not ANSIBLE_PLAYBOOK.exists():
-        pytest.skip(f"{ANSIBLE_PLAYBOOK} not found: run the tests with the venv's python (make bootstrap)")
-    lab = LabInstance(*INSTANCE)
-    lab.cli("down")
-    lab.cli("up", "2")
-    try:
-        for vmid in (GONE, NEIGHBOUR):
-            lab.qm(1, "create", str(vmid), "--smbios1", f"uuid={UUIDS[vmid]}")
-        rig = Rig(lab, tmp_path_factory.mktemp("decommission"))
-        rig.run("init")
-        rig.run("enroll")
+    vms = {vmid: (1, UUIDS[vmid]) for vmid in (GONE, NEIGHBOUR)}
+    with enrolled_lab(INSTANCE, 2, vms, tmp_path_factory.mktemp("decommission")) as rig:
         for vmid in (GONE, NEIGHBOUR):
             rig.provision("pve1", vmid)
         yield rig
-    finally:
-        lab.cli("down")
 
 
 def test_running_vm_is_refused_then_stopped_and_deleted_on_request(rig):

@@ -13,8 +13,7 @@ import shlex
 import subprocess
 
 import pytest
-from labrig import LabInstance, lab_unavailable
-from playrig import ANSIBLE_PLAYBOOK, PLAYBOOK_TIMEOUT, Rig
+from playrig import ANSIBLE_PLAYBOOK, PLAYBOOK_TIMEOUT, Rig, enrolled_lab
 
 pytestmark = pytest.mark.lab
 
@@ -51,23 +50,9 @@ INSTALL = """\
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     """pve1 enrolled, VM 9500 created in the simulator and provisioned (manifest v1 cached on the node)."""
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    if not ANSIBLE_PLAYBOOK.exists():
-        pytest.skip(f"{ANSIBLE_PLAYBOOK} not found: run the tests with the venv's python (make bootstrap)")
-    lab = LabInstance(*INSTANCE)
-    lab.cli("down")
-    lab.cli("up", "1")
-    try:
-        lab.qm(1, "create", str(VMID), "--smbios1", f"uuid={VM_UUID}")
-        rig = Rig(lab, tmp_path_factory.mktemp("hookscript"))
-        rig.run("init")
-        rig.run("enroll")
+    with enrolled_lab(INSTANCE, 1, {VMID: (1, VM_UUID)}, tmp_path_factory.mktemp("hookscript")) as rig:
         rig.provision("pve1", VMID)
         yield rig
-    finally:
-        lab.cli("down")
 
 
 def install(rig: Rig) -> str:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from labrig import LabInstance, lab_unavailable
-from playrig import ANSIBLE_PLAYBOOK, Rig
+from playrig import Rig, enrolled_lab
 
 pytestmark = pytest.mark.lab
 
@@ -25,24 +24,10 @@ HOOK = "/var/lib/vz/snippets/ironclaw-prestart.pyz"
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     """pve1..pve3 enrolled; VM 100 created on pve1 in the simulator, provisioned there and running."""
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    if not ANSIBLE_PLAYBOOK.exists():
-        pytest.skip(f"{ANSIBLE_PLAYBOOK} not found: run the tests with the venv's python (make bootstrap)")
-    lab = LabInstance(*INSTANCE)
-    lab.cli("down")
-    lab.cli("up", "3")
-    try:
-        lab.qm(1, "create", str(VMID), "--smbios1", f"uuid={VM_UUID}")
-        rig = Rig(lab, tmp_path_factory.mktemp("migrate"))
-        rig.run("init")
-        rig.run("enroll")
+    with enrolled_lab(INSTANCE, 3, {VMID: (1, VM_UUID)}, tmp_path_factory.mktemp("migrate")) as rig:
         rig.provision("pve1", VMID)
-        lab.qm(1, "start", str(VMID))
+        rig.lab.qm(1, "start", str(VMID))
         yield rig
-    finally:
-        lab.cli("down")
 
 
 def migrate(rig: Rig, source: int, target: int, *args: str, fail: bool = False) -> str:

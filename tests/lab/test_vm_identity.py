@@ -12,8 +12,8 @@ session lab stay as the other lab tests expect them.
 from __future__ import annotations
 
 import pytest
-from labrig import LabInstance, lab_unavailable
-from playrig import ANSIBLE_PLAYBOOK, Rig
+from labrig import LabInstance
+from playrig import enrolled_lab
 
 pytestmark = pytest.mark.lab
 
@@ -31,24 +31,10 @@ OTHER_UUID = "6f1c2a4e-9b7d-4c1a-8e2f-0000000093ff"
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     """Two enrolled lab nodes, VMs in the simulator, one VM provisioned with its identity from Proxmox."""
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    if not ANSIBLE_PLAYBOOK.exists():
-        pytest.skip(f"{ANSIBLE_PLAYBOOK} not found: run the tests with the venv's python (make bootstrap)")
-    lab = LabInstance(*INSTANCE)
-    lab.cli("down")
-    lab.cli("up", "2")
-    try:
-        for node, vmid in ((1, SEALED), (1, FRESH), (2, ELSEWHERE)):
-            lab.qm(node, "create", str(vmid), "--smbios1", f"uuid={UUIDS[vmid]}")
-        rig = Rig(lab, tmp_path_factory.mktemp("identity"))
-        rig.run("init")
-        rig.run("enroll")
+    vms = {vmid: (node, UUIDS[vmid]) for node, vmid in ((1, SEALED), (1, FRESH), (2, ELSEWHERE))}
+    with enrolled_lab(INSTANCE, 2, vms, tmp_path_factory.mktemp("identity")) as rig:
         rig.provision("pve1", SEALED)
         yield rig
-    finally:
-        lab.cli("down")
 
 
 def ctime_of(lab: LabInstance, node: int, vmid: int) -> int:

@@ -26,9 +26,10 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node impo
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import load_root, new_root
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+from rig.policy import approve
 
 NOW = "2030-01-01T00:00:00Z"
 GONE = (200, "22222222-2222-4222-8222-222222222222")
@@ -39,14 +40,7 @@ ALSO_GONE = (202, "44444444-4444-4444-8444-444444444444")
 def seal(backend, state_dir, keys, vm):
     keys.create(*vm)
     facts = backend.facts()
-    approval = sign_approval(
-        keys.load(*vm),
-        vmid=vm[0],
-        vm_uuid=vm[1],
-        node_name=facts.node_name,
-        epoch_nv_name=facts.epoch_nv_name,
-        epoch=facts.epoch,
-    )
+    approval = approve(keys, *vm, facts)
     engine.seal(
         backend,
         VmDir(state_dir, *vm),
@@ -91,14 +85,7 @@ def test_backup_restored_after_destruction_does_not_unseal(node, tmp_path):
     if backend.backend == "software":
         # The KEK the copy was wrapped under is gone: even a fresh approval cannot open it.
         facts = backend.facts()
-        fresh = sign_approval(
-            keys.load(*GONE),
-            vmid=GONE[0],
-            vm_uuid=GONE[1],
-            node_name=facts.node_name,
-            epoch_nv_name=facts.epoch_nv_name,
-            epoch=facts.epoch,
-        )
+        fresh = approve(keys, *GONE, facts)
         with pytest.raises(Exception, match="KEK version 1 is gone"):
             engine.verify(backend, vm, fresh)
 
@@ -110,14 +97,7 @@ def test_neighbour_works_again_with_a_new_approval(node):
     with pytest.raises(PolicyError, match="it was revoked"):
         engine.verify(backend, kept)
     facts = backend.facts()
-    fresh = sign_approval(
-        keys.load(*KEPT),
-        vmid=KEPT[0],
-        vm_uuid=KEPT[1],
-        node_name=facts.node_name,
-        epoch_nv_name=facts.epoch_nv_name,
-        epoch=facts.epoch,
-    )
+    fresh = approve(keys, *KEPT, facts)
     engine.install_approval(backend, kept, fresh, check_mode=False)
     assert engine.verify(backend, kept)["failed"] == []
 

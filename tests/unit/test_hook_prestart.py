@@ -47,11 +47,12 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.node_che
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.state import describe_vm
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import envelope_digest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._pve.cli import ProxmoxCli, local_node_name
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.hookscript import build_hookscript, hook_modules
+from rig.policy import approve
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pve"
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -163,14 +164,7 @@ def node(tmp_path):
         )
         policy_keys = PolicyKeyStore(str(tmp_path / "controller"))
         policy_keys.create(VMID, UUID)
-        approval = sign_approval(
-            policy_keys.load(VMID, UUID),
-            vmid=VMID,
-            vm_uuid=UUID,
-            node_name=facts.node_name,
-            epoch_nv_name=facts.epoch_nv_name,
-            epoch=facts.epoch,
-        )
+        approval = approve(policy_keys, VMID, UUID, facts)
         node = Node(state_dir, backend, policy_keys, facts.node_name, approval)
         node.seal({"master-key": os.urandom(64), "api-token": b"token-v1"})
         node.publish()

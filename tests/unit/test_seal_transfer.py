@@ -29,11 +29,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify i
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import (
     PolicyKeyStore,
-    sign_approval,
     sign_grant,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine, transfer
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+from rig.policy import approve
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 VM = (100, "6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a6b")
@@ -78,15 +78,7 @@ class Cluster:
 
     def approval(self, node: Node, vm=VM):
         self.keys.create(*vm)
-        facts = node.facts()
-        return sign_approval(
-            self.keys.load(*vm),
-            vmid=vm[0],
-            vm_uuid=vm[1],
-            node_name=facts.node_name,
-            epoch_nv_name=facts.epoch_nv_name,
-            epoch=facts.epoch,
-        )
+        return approve(self.keys, *vm, node.facts())
 
     def seal(self, node: Node, vm=VM, secrets=None, migratable=True):
         secrets = SECRETS if secrets is None else secrets

@@ -21,10 +21,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.blob import decrypt_blob
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 from ansible_collections.ironclaw.sealed.plugins.module_utils._software import keyslot as sw_keyslot
+from rig.policy import approve
 
 VMID = 100
 UUID = "6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a6b"
@@ -58,15 +59,7 @@ def keys(tmp_path):
 
 
 def approval_for(backend, keys, vmid=VMID, uuid=UUID):
-    facts = backend.facts()
-    return sign_approval(
-        keys.load(vmid, uuid),
-        vmid=vmid,
-        vm_uuid=uuid,
-        node_name=facts.node_name,
-        epoch_nv_name=facts.epoch_nv_name,
-        epoch=facts.epoch,
-    )
+    return approve(keys, vmid, uuid, backend.facts())
 
 
 def seal(backend, keys, state_dir, values=None):

@@ -24,11 +24,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node impo
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import (
     PolicyKeyStore,
-    sign_approval,
     sign_grant,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine, transfer
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+from rig.policy import approve
 
 pytestmark = pytest.mark.swtpm
 
@@ -101,14 +101,7 @@ class Node:
         self.keys.create(vmid, uuid)
         with self.backend() as backend:
             facts = backend.facts()
-        return sign_approval(
-            self.keys.load(vmid, uuid),
-            vmid=vmid,
-            vm_uuid=uuid,
-            node_name=facts.node_name,
-            epoch_nv_name=facts.epoch_nv_name,
-            epoch=facts.epoch,
-        )
+        return approve(self.keys, vmid, uuid, facts)
 
     def seal(self, values: list[engine.Secret], vmid: int = VMID, uuid: str = UUID, approval=None):
         approval = approval or self.approval(vmid, uuid)
