@@ -54,9 +54,14 @@ def render(doc: dict, path: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=10)
+    _save(plt, fig, doc, "ironclaw.sealed vs clevis and systemd-creds on one swtpm", path)
+
+
+def _save(plt, fig, doc: dict, title: str, path: Path) -> None:
+    """Title the figure with the date and the machine (ratios first: a shared machine), write it, free it."""
     machine = doc["machine"]
     fig.suptitle(
-        f"ironclaw.sealed vs clevis and systemd-creds on one swtpm, {doc['date']}\n"
+        f"{title}, {doc['date']}\n"
         f"{machine['nproc']} × {machine['cpu_model']} (shared, noisy machine: read ratios first)",
         fontsize=11,
     )
@@ -167,11 +172,4 @@ def render_migration(doc: dict, path: Path) -> None:
         ax.grid(True, alpha=0.3)
         if fleet:
             ax.legend(fontsize=8, loc="upper left")
-    machine = doc["machine"]
-    fig.suptitle(
-        f"ironclaw.sealed migration between two swtpm nodes, {doc['date']}\n"
-        f"{machine['nproc']} × {machine['cpu_model']} (shared, noisy machine: read ratios first)",
-        fontsize=11,
-    )
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, doc, "ironclaw.sealed migration between two swtpm nodes", path)
