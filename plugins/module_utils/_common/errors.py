@@ -30,6 +30,52 @@ class VerificationError(IronclawError):
     """Authenticated data failed its check (tampered, swapped, wrong VM...)."""
 
 
+# Refusals of signed, tamper-evident state (python-tuf style): a test asserts the
+# type, then that trusted state did not move.
+class RollbackError(VerificationError):
+    """A document older than one already trusted (floor, store head, trust root) was presented."""
+
+
+class TruncationError(RollbackError):
+    """A store misses documents its signed head (or a newer head this side already saw) lists."""
+
+
+class ForkError(VerificationError):
+    """Two different documents claim the same version."""
+
+
+class ExpiredError(VerificationError):
+    """A signed document is past its expiry (or not yet valid)."""
+
+
+class ThresholdError(VerificationError):
+    """Fewer valid signatures than the threshold of trusted keys."""
+
+
+class DecommissionedError(VerificationError):
+    """The VM was decommissioned: its chain ends in a tombstone."""
+
+
+class UntrustedRootError(VerificationError):
+    """A trust root that does not chain from the one this side pinned."""
+
+
+class PlacementError(PolicyError):
+    """The signed ledger does not place the VM where an approval or grant would put it."""
+
+
+class RecordedPolicyError(PolicyError):
+    """A request contradicts the VM's policy as its signed manifest records it."""
+
+
+class UnconfirmedError(PolicyError):
+    """A signing request was not confirmed by the operator: nothing was signed."""
+
+
+class LifetimeError(PolicyError):
+    """A requested lifetime exceeds what the controller signs."""
+
+
 class TpmError(IronclawError):
     """The TPM refused a command or cannot be reached."""
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     FormatError,
     InputError,
+    ThresholdError,
     VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import (
@@ -184,7 +185,7 @@ def verify_threshold(
         else:
             valid.add(signature.keyid)
     if len(valid) < threshold:
-        raise VerificationError(
+        raise ThresholdError(
             f"{what}: {len(valid)} of {threshold} required signatures: valid from {_short(valid)}; "
             f"unknown keys {_short(unknown)}; invalid {_short(invalid - valid)} "
             "(key ids shortened; each key counts once); the envelope was altered or not signed by enough "

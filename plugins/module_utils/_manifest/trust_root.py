@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    ExpiredError,
     FormatError,
     InputError,
+    RollbackError,
     VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
@@ -170,7 +172,7 @@ def _trusted(payload: RootPayload, envelope: dsse.Envelope) -> TrustRoot:
 
 def _check_unexpired(root: TrustRoot, now: datetime, what: str) -> TrustRoot:
     if now >= root.expires:
-        raise VerificationError(
+        raise ExpiredError(
             f"{what}: trust root version {root.version} expired at {canonical.utc_timestamp(root.expires)} "
             f"(now {canonical.utc_timestamp(now)}); sign a new trust root with the current keys"
         )
@@ -194,7 +196,7 @@ def _next(trusted: TrustRoot, candidate: dsse.Envelope, what: str) -> TrustRoot:
     # problem; any candidate that fails here is refused either way.
     payload = parse_root_payload(candidate.payload, what)
     if payload.version <= trusted.version:
-        raise VerificationError(
+        raise RollbackError(
             f"trust-root rollback: {what} has version {payload.version}, but version {trusted.version} is already "
             "trusted (and differs from it); only the next newer root is accepted"
         )

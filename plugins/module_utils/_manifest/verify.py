@@ -19,7 +19,14 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    DecommissionedError,
+    ExpiredError,
+    ForkError,
+    InputError,
+    RollbackError,
+    VerificationError,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import (
@@ -32,10 +39,6 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_ro
 
 DEFAULT_CLOCK_SKEW = timedelta(seconds=300)
 _REF_FIELDS = {"version": int, "digest": str, "destroyed": bool}
-
-
-class ForkError(VerificationError):
-    """Two different envelopes claim the same version of one VM's manifest."""
 
 
 class ManifestRef(NamedTuple):
@@ -83,12 +86,12 @@ def check_times(manifest: Manifest, now: datetime, max_clock_skew: timedelta | i
     expires = canonical.parse_timestamp(manifest.expires, "manifest field 'expires'")
     issued_at = canonical.parse_timestamp(manifest.issued_at, "manifest field 'issued_at'")
     if now >= expires:
-        raise VerificationError(
+        raise ExpiredError(
             f"{_name(manifest)} expired at {manifest.expires} (now {canonical.utc_timestamp(now)}); "
             "sign a fresh manifest for the VM's current state"
         )
     if issued_at > now + max_clock_skew:
-        raise VerificationError(
+        raise ExpiredError(
             f"{_name(manifest)} is not yet valid: issued at {manifest.issued_at}, but now is "
             f"{canonical.utc_timestamp(now)} (more than {int(max_clock_skew.total_seconds())} s of clock skew "
             "allowed): the clock of this host or of the signer is far off; fix the clock (NTP) and retry"
@@ -99,12 +102,12 @@ def check_floor(envelope: dsse.Envelope, manifest: Manifest, floor: ManifestRef 
     """Rule 3: no rollback below the floor, no fork at it, no tombstone."""
     if floor is not None:
         if floor.destroyed:
-            raise VerificationError(
+            raise DecommissionedError(
                 f"decommissioned: VM {manifest.subject.vmid} ({manifest.subject.vm_uuid}) was decommissioned "
                 f"(tombstone at version {floor.version}); no manifest can bring it back"
             )
         if manifest.version < floor.version:
-            raise VerificationError(
+            raise RollbackError(
                 f"rollback: {_name(manifest)} is older than the floor: rollback to version {manifest.version} "
                 f"while the floor is {floor.version}; an old copy was restored or presented"
             )
@@ -116,7 +119,7 @@ def check_floor(envelope: dsse.Envelope, manifest: Manifest, floor: ManifestRef 
                 "claim the same version; find out who signed the second one"
             )
     if manifest.destroyed:
-        raise VerificationError(
+        raise DecommissionedError(
             f"decommissioned: VM {manifest.subject.vmid} ({manifest.subject.vm_uuid}) was decommissioned "
             f"(tombstone at version {manifest.version}); its sealed state must not be used"
         )
