@@ -8,6 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC, clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import rules
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal import MoveJournal
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_root
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
@@ -16,6 +19,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import (
     MANIFEST_PAYLOAD_TYPE,
     check_statement,
+    with_policy,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import (
     load_chain,
@@ -98,13 +102,32 @@ def signed(args: dict, check_mode: bool) -> dict:
         return {"changed": True, "signed": path, "summary": summary}
     if args["statement"] is None:
         raise InputError("state=signed needs statement (from state=built) or request (offline signing)")
-    statement = check_statement(args["statement"])
-    previous = dsse.parse_envelope(args["previous"], "previous manifest") if args["previous"] else None
+    if args["chain"] is None:
+        raise InputError("state=signed needs chain: the VM's chain from the store (the chain result of state=listed)")
+    # The node describes its files; the controller decides, from the VM's verified ledger, whether it may sign
+    # that description and which policy it records (module_utils/_authority/rules.py).
+    statement = check_statement(
+        {k: v for k, v in args["statement"].items() if k != "policy"}, "statement to sign", with_policy=False
+    )
+    vm_uuid = statement["subject"]["vm_uuid"]
+    ledger = VmLedger.verify(vm_uuid, args["chain"], controller_root(args["controller_dir"], now))
+    policy = rules.manifest_policy(
+        ledger,
+        statement,
+        now=now,
+        provision=rules.requested_policy(args["provision"], args["policy"]),
+        move=MoveJournal(args["controller_dir"]).get(vm_uuid),
+    )
+    previous = ledger.newest_envelope
     manifest, reason = next_manifest(
-        statement, previous, now=now, expires_days=args["expires_days"], resign_days=args["resign_days"]
+        with_policy(statement, policy),
+        previous,
+        now=now,
+        expires_days=args["expires_days"],
+        resign_days=args["resign_days"],
     )
     if manifest is None:
-        return {"changed": False, "envelope": args["previous"], "reason": reason}
+        return {"changed": False, "envelope": dsse.envelope_to_dict(previous), "reason": reason}
     out = {"changed": True, "version": manifest.version, "reason": reason}
     if check_mode:
         return {**out, "envelope": None}

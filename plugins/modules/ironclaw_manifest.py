@@ -22,8 +22,8 @@ options:
     description:
       - C(trusted) creates the trust root and its signing keys under O(controller_dir) if absent (or rotates it).
       - C(built) describes the VM's sealed state on the node (no secret is read).
-      - C(signed) signs the next version when the state described by O(statement) differs from O(previous) or
-        O(previous) expires within O(resign_days); with O(request), signs an offline signing request.
+      - C(signed) signs the next version when the state described by O(statement) differs from the newest of
+        O(chain) or that one expires within O(resign_days); with O(request), signs an offline signing request.
       - C(requests) lists the pending offline signing requests in O(sign_dir).
       - C(stored) appends O(envelope) to the store (version must be the floor + 1), puts O(trust_roots) there,
         and appends O(receipt).
@@ -93,9 +93,27 @@ options:
   statement:
     description: With O(state=signed), the RV(statement) of O(state=built).
     type: dict
-  previous:
-    description: With O(state=signed), the store's newest envelope for the VM (RV(latest) of O(state=listed)).
-    type: dict
+  chain:
+    description:
+      - With O(state=signed), the VM's chain from the store, oldest first (RV(chain) of O(state=listed)); an empty list
+        for a VM never recorded. Verified against the controller's own trust root; the next version extends its newest
+        envelope, and is signed only if the VM's ledger allows it (a first version while provisioning, the node the
+        ledger places the VM on, or the migration this controller granted last).
+    type: list
+    elements: dict
+  provision:
+    description: With O(state=signed), the VM is being provisioned; the new version records O(policy).
+    type: bool
+    default: false
+  policy:
+    description:
+      - With O(state=signed) and O(provision), the VM's policy to record (C(migratable), C(pcrs)), a dict or the string
+        form V(migratable=true;pcrs=sha256:7). Every other version keeps the policy the newest manifest records.
+    type: raw
+  vm_uuids:
+    description: With O(state=listed), list the chains of these VMs (RV(chains)).
+    type: list
+    elements: str
   signing:
     description:
       - With O(state=signed), C(online) signs with this controller's keys, C(offline) exchanges requests.
@@ -223,6 +241,16 @@ trust_root:
   description: The current trust root's version, threshold, key ids and expiry.
   returned: when O(state=trusted)
   type: dict
+chain:
+  description: Every envelope of the VM's chain in the store, oldest first (what O(state=signed) and the controller's
+    approvals and grants decide from).
+  returned: when O(state=listed) with O(vm_uuid)
+  type: list
+  elements: dict
+chains:
+  description: The chains of O(vm_uuids), by uuid.
+  returned: when O(state=listed) with O(vm_uuids)
+  type: dict
 latest:
   description: The VM's newest envelope in the store, or null.
   returned: when O(state=listed)
@@ -241,7 +269,7 @@ receipts:
   type: list
   elements: dict
 history:
-  description: Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count).
+  description: Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count, policy).
   returned: when O(state=listed)
   type: list
   elements: dict

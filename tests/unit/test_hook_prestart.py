@@ -119,14 +119,17 @@ class Node:
 
     def publish(self, *, expires: datetime = NOW + 30 * DAY) -> dsse.Envelope:
         """Sign the next manifest of the VM's current files, verify it on the node and cache it (provision does)."""
-        statement = payload.make_statement(
-            describe_vm(self.state_dir, VMID, UUID),
-            vmid=VMID,
-            vm_uuid=UUID,
-            vm_ctime=CTIME,
-            cluster=CLUSTER,
-            node_name="pve1",
-            node_id=self.node_id,
+        statement = payload.with_policy(
+            payload.make_statement(
+                describe_vm(self.state_dir, VMID, UUID),
+                vmid=VMID,
+                vm_uuid=UUID,
+                vm_ctime=CTIME,
+                cluster=CLUSTER,
+                node_name="pve1",
+                node_id=self.node_id,
+            ),
+            payload.RecordedPolicy(migratable=True, pcrs=None),
         )
         prev = envelope_digest(self.chain[-1]) if self.chain else None
         manifest = payload.new_manifest(
