@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC, clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import rules
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal import MoveJournal
-from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_root
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
@@ -110,7 +110,7 @@ def signed(args: dict, check_mode: bool) -> dict:
         {k: v for k, v in args["statement"].items() if k != "policy"}, "statement to sign", with_policy=False
     )
     vm_uuid = statement["subject"]["vm_uuid"]
-    ledger = VmLedger.verify(vm_uuid, args["chain"], controller_root(args["controller_dir"], now))
+    ledger = VmLedger.verify(vm_uuid, args["chain"], controller_roots(args["controller_dir"], now))
     policy = rules.manifest_policy(
         ledger,
         statement,

@@ -12,7 +12,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import (
     NodeView,
     VmLedger,
-    controller_root,
+    controller_roots,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
@@ -135,7 +135,7 @@ class ActionModule(ActionBase):
         decision = None
         if args["state"] in ("approved", "granted"):
             # Decide before anything is created or signed: a refusal changes nothing.
-            ledger = VmLedger.verify(vm_uuid, args["chain"], controller_root(args["controller_dir"], now))
+            ledger = VmLedger.verify(vm_uuid, args["chain"], controller_roots(args["controller_dir"], now))
             decision = _decide(args, ledger, spec, now)
         changed = False
         if not store.exists(vmid, vm_uuid):
@@ -217,7 +217,7 @@ def _decide(args: dict, ledger: VmLedger, spec, now) -> dict:
 def _placed(args: dict, now) -> dict:
     """Which of a node's surviving VMs the ledger places on it (re-approve those only)."""
     node = _node_view(args["node_name"], args["node"], "node")
-    root = controller_root(args["controller_dir"], now)
+    roots = controller_roots(args["controller_dir"], now)
     vms = [
         {"vmid": validate.vmid(vm.get("vmid")), "vm_uuid": validate.vm_uuid(vm.get("vm_uuid"))} for vm in args["vms"]
     ]
@@ -225,6 +225,6 @@ def _placed(args: dict, now) -> dict:
     for vm in vms:
         if vm["vm_uuid"] not in args["chains"]:
             raise InputError(f"chains has no entry for VM {vm['vmid']} ({vm['vm_uuid']}): list its chain first")
-        ledgers[vm["vm_uuid"]] = VmLedger.verify(vm["vm_uuid"], args["chains"][vm["vm_uuid"]], root)
+        ledgers[vm["vm_uuid"]] = VmLedger.verify(vm["vm_uuid"], args["chains"][vm["vm_uuid"]], roots)
     placed, refused = rules.sort_survivors(ledgers, vms, node, now)
     return {"changed": False, "placed": placed, "refused": refused}

@@ -269,7 +269,8 @@ receipts:
   type: list
   elements: dict
 history:
-  description: Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count, policy).
+  description:
+    Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count, policy).
   returned: when O(state=listed)
   type: list
   elements: dict

@@ -75,7 +75,8 @@ options:
     description: With O(state=granted), the target's inventory name.
     type: str
   not_after:
-    description: With O(state=granted), when the migration must be finished (UTC, C(YYYY-MM-DDTHH:MM:SSZ)); at most 7 days ahead.
+    description:
+      - With O(state=granted), when the migration must be finished (UTC, C(YYYY-MM-DDTHH:MM:SSZ)); at most 7 days ahead.
     type: str
   now:
     description: The clock to decide with (UTC timestamp); for tests. Default the controller's clock.

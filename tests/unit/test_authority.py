@@ -16,7 +16,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import (
     NodeView,
     VmLedger,
-    controller_root,
+    controller_roots,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     DecommissionedError,
@@ -96,6 +96,28 @@ def test_ledger_refuses_a_manifest_the_store_host_forged():
     forged = chain_of((A, NO_PCRS), (B, NO_PCRS), signer=FORGER)[1]
     with pytest.raises(ThresholdError):
         VmLedger.verify(UUID, [*envelopes, forged], ROOT)
+
+
+NEW_KEY = Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32)
+
+
+def rotated_roots(rotated_at):
+    v1 = trust_root.new_root([KEY], 1, issued_at=NOW - 10 * DAY, expires=NOW + 365 * DAY)
+    v2 = trust_root.rotate(v1, [KEY], [NEW_KEY], 1, issued_at=rotated_at, expires=NOW + 365 * DAY)
+    return trust_root.load_versions([v1, v2], NOW)
+
+
+def test_ledger_keeps_manifests_signed_before_a_rotation():
+    """History signed by the retired keys before the rotation still counts; the newest root signs what follows."""
+    envelopes = chain_of((A, NO_PCRS))  # issued NOW - DAY
+    led = VmLedger.verify(UUID, envelopes, rotated_roots(rotated_at=NOW - DAY / 2))
+    assert led.placement == A
+
+
+def test_ledger_refuses_a_manifest_the_retired_keys_signed_after_the_rotation():
+    envelopes = chain_of((A, NO_PCRS))  # issued NOW - DAY, after the rotation below
+    with pytest.raises(ThresholdError):
+        VmLedger.verify(UUID, envelopes, rotated_roots(rotated_at=NOW - 2 * DAY))
 
 
 def test_ledger_refuses_a_gap_in_the_chain():
@@ -356,7 +378,7 @@ def test_journal_keeps_the_move_granted_last(tmp_path):
 
 def test_controller_root_is_the_controllers_own(tmp_path):
     with pytest.raises(InputError, match="init"):
-        controller_root(str(tmp_path), NOW)
+        controller_roots(str(tmp_path), NOW)
     envelope = trust_root.new_root([KEY], 1, issued_at=NOW - DAY, expires=NOW + 365 * DAY)
     TrustKeyStore(str(tmp_path)).save_root(envelope, dsse.envelope_to_bytes(envelope))
-    assert controller_root(str(tmp_path), NOW).keys == ROOT.keys
+    assert [root.keys for root in controller_roots(str(tmp_path), NOW)] == [ROOT.keys]

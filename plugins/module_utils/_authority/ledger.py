@@ -19,12 +19,14 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     DecommissionedError,
     ForkError,
     InputError,
+    ThresholdError,
     VerificationError,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import Manifest, RecordedPolicy
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import TrustRoot, load_chain
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import TrustRoot, load_versions
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import (
     ManifestRef,
     envelope_digest,
@@ -49,8 +51,8 @@ class NodeView:
         return f"{self.name} ({self.id[:20]}…)"
 
 
-def controller_root(controller_dir: str, now: datetime) -> TrustRoot:
-    """The controller's own trust root: the only one the controller trusts (DESIGN §7 A6)."""
+def controller_roots(controller_dir: str, now: datetime) -> list[TrustRoot]:
+    """The controller's own trust root, every version from 1 (newest last): the only roots it trusts (§7 A6)."""
     store = TrustKeyStore(controller_dir)
     roots = store.roots()
     if not roots:
@@ -58,7 +60,26 @@ def controller_root(controller_dir: str, now: datetime) -> TrustRoot:
             f"no trust root in {store.roots_dir}: run the init playbook first (ironclaw.sealed.init), or with "
             "offline signing copy the offline machine's trust/root-*.json files there"
         )
-    return load_chain(roots, now, f"controller trust root ({store.roots_dir})")
+    return load_versions(roots, now, f"controller trust root ({store.roots_dir})")
+
+
+def _verify_under(envelope: dsse.Envelope, roots: list[TrustRoot], what: str) -> Manifest:
+    """Rule 1 against the newest root; a manifest signed before a rotation counts under the root it was signed by.
+
+    A root counts for a manifest only if the manifest was issued before that root's successor was: keys retired
+    by a rotation sign nothing new.
+    """
+    try:
+        return verify_signatures(envelope, roots[-1], what)
+    except ThresholdError as newest_refusal:
+        for older, successor in zip(roots, roots[1:], strict=False):
+            try:
+                manifest = verify_signatures(envelope, older, what)
+            except ThresholdError:
+                continue
+            if canonical.parse_timestamp(manifest.issued_at, f"{what} issued_at") < successor.issued_at:
+                return manifest
+        raise newest_refusal from None
 
 
 class VmLedger:
@@ -69,19 +90,20 @@ class VmLedger:
         self.chain = chain
 
     @classmethod
-    def verify(cls, vm_uuid: str, envelopes, root: TrustRoot) -> VmLedger:
-        """Verify the store's envelopes (dicts or Envelopes) for ``vm_uuid`` against ``root``.
+    def verify(cls, vm_uuid: str, envelopes, roots: list[TrustRoot] | TrustRoot) -> VmLedger:
+        """Verify the store's envelopes (dicts or Envelopes) for ``vm_uuid`` against the controller's ``roots``.
 
         Expiry is not checked here: an expired newest manifest still says where the VM is.
         """
         vm_uuid = validate.vm_uuid(vm_uuid)
+        roots = roots if isinstance(roots, list) else [roots]
         if not isinstance(envelopes, (list, tuple)):
             raise InputError(f"the chain of VM {vm_uuid} must be a list of envelopes (ironclaw_manifest state=listed)")
         chain: list[tuple[dsse.Envelope, Manifest]] = []
         for index, doc in enumerate(envelopes):
             what = f"store: manifest {index + 1} of VM {vm_uuid}"
             envelope = doc if isinstance(doc, dsse.Envelope) else dsse.parse_envelope(doc, what)
-            manifest = verify_signatures(envelope, root, what)
+            manifest = _verify_under(envelope, roots, what)
             if manifest.subject.vm_uuid != vm_uuid:
                 raise VerificationError(f"{what} describes VM {manifest.subject.vm_uuid}; the store was altered")
             if manifest.version != index + 1:
