@@ -27,7 +27,7 @@ description:
   - A grant is signed only from the node the ledger places the VM on, for a VM recorded migratable, within a
     migration window of at most 7 days (O(not_after)); the controller records the granted move under
     O(controller_dir)C(/migrations/).
-  - O(state=placed) sorts a node's surviving VMs after an epoch bump: only those the ledger places on the node are
+  - O(state=placed) sorts a node's surviving VMs after an epoch bump; only those the ledger places on the node are
     returned in RV(placed) (to be re-approved); the others in RV(refused), with the reason.
   - Refusals name their kind in RV(error) (C(PlacementError), C(RecordedPolicyError), C(DecommissionedError),
     C(ExpiredError), C(LifetimeError), ...) and change nothing.
@@ -37,7 +37,7 @@ options:
       - C(present) makes sure the VM has a policy key and returns its public part.
       - C(approved) does the same and signs an unseal approval.
       - C(granted) does the same and signs a duplication grant from O(node) to O(target).
-      - C(placed) signs nothing: it returns which of O(vms) the ledger places on O(node_name).
+      - C(placed) signs nothing; it returns which of O(vms) the ledger places on O(node_name).
     type: str
     default: present
     choices: [present, approved, granted, placed]
