@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -155,7 +156,9 @@ def test_receipt_verifies_and_lists_every_node_of_the_history(moved_lab: Lab):
     assert {loc["status"] for loc in receipt["locations"]} == {"destroyed"}
     for loc in receipt["locations"]:
         assert loc["evidence"]["epoch_after"] == loc["evidence"]["epoch_before"] + 1
-    assert receipt["tombstone"]["destroyed"] is True
+    # The receipt names the tombstone that ends the chain by version and payload digest.
+    end = dsse.parse_envelope(lab.store_chain("nodeA", GONE)[-1].read_bytes(), "tombstone")
+    assert receipt["tombstone"] == {"version": 3, "payload_sha256": hashlib.sha256(end.payload).hexdigest()}
     assert [s["state"] for s in receipt["key_states"]] == ["active", "deactivated", "destroyed"]
     assert not lab.vm_dir("nodeA", GONE).exists() and not lab.vm_dir("nodeB", GONE).exists()
 
