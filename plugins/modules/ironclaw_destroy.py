@@ -17,7 +17,7 @@ description:
   - O(state=receipted) runs on the controller. It signs a destruction receipt (DSSE, trust-root keys) saying what
     was destroyed where, how, and which locations could not be reached; only when this run adds to the newest
     receipt already issued. With O(signing=offline) the receipt goes through the same request exchange as
-    manifests (O(sign_dir)): the request is written, and the receipts the offline machine signed since are
+    manifests (O(sign_dir)); the request is written, and the receipts the offline machine signed since are
     returned for the store.
   - Deleting files is not erasure on SSDs, copy-on-write file systems or Ceph. The guarantee is cryptographic.
 options:
@@ -185,7 +185,7 @@ receipts:
 pending:
   description:
     - With O(signing=offline), the signing requests (C(path), C(digest)) that wait for the offline machine,
-      the tombstone's included; RV(msg) then says what to do.
+      the tombstone's included; the task's message then says what to do.
   returned: when O(state=receipted)
   type: list
   elements: dict

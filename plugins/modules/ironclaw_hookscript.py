@@ -81,7 +81,7 @@ options:
   backend:
     description:
       - With O(state=present), read this node's id from its backend and write it to C(<state_dir>/hook/node.json)
-        (mode 0600), as O(node_name) would: C(tpm2) reads the SRK name through O(tcti), C(software) the enrollment
+        (mode 0600), as O(node_name) would; C(tpm2) reads the SRK name through O(tcti), C(software) the enrollment
         name under O(state_dir). The node must be enrolled.
       - Without O(backend) and O(node_name) no node record is written (an existing one is kept).
     type: str

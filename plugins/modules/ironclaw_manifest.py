@@ -23,7 +23,7 @@ options:
       - C(trusted) creates the trust root and its signing keys under O(controller_dir) if absent (or rotates it).
       - C(built) describes the VM's sealed state on the node (no secret is read).
       - C(signed) signs the next version when the state described by O(statement) differs from the newest of
-        O(chain) or that one expires within O(resign_days). Without O(statement), on the offline machine: signs the
+        O(chain) or that one expires within O(resign_days). Without O(statement), on the offline machine, signs the
         pending requests of O(sign_dir) the operator confirmed (O(confirm), or O(answer) to a prompt that showed
         O(shown)); nothing else is signed.
       - C(requests) lists the pending offline signing requests in O(sign_dir), every field of each.
@@ -142,7 +142,7 @@ options:
     elements: str
   answer:
     description:
-      - With O(state=signed) on the offline machine and no O(confirm), what the operator typed at the prompt:
+      - With O(state=signed) on the offline machine and no O(confirm), what the operator typed at the prompt;
         C(yes) confirms exactly the digests of O(shown); digest prefixes confirm those requests; empty or
         C(no) confirms nothing (nothing is signed, and the task says so).
     type: str
