@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from datetime import UTC, datetime, timedelta
@@ -18,13 +17,13 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import Ed25519PrivateKey
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, payload, trust_root
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import (
     ForkError,
     ManifestRef,
     envelope_digest,
 )
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import NODE_PAYLOAD_TYPE, NodeRecord
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.store import Store
 

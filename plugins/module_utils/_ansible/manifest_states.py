@@ -297,7 +297,8 @@ def verified(p: dict, check_mode: bool, module) -> dict:
                 raise InputError(f"VM {vm.vmid}: the manifest verified but blob(s) did not unseal: {details}")
         if p["cache"] and not check_mode:
             out["changed"] = cache_verified(p["state_dir"], vm.vmid, envelope, roots)
-            if head is not None:
+            # The head moves with what the node accepts (a re-run that accepts nothing new changes nothing).
+            if head is not None and (out["changed"] or cache.head() is None):
                 out["changed"] |= cache.save_head(head)
     return out
 
