@@ -15,7 +15,7 @@ description:
     C(built), C(verified) and C(pinned) run on the node. C(stored) and C(listed) run on the store host and are then
     checked on the controller.
   - The store is checked against its signed head (TUF's snapshot), on the controller, at every C(listed) and before
-    every new head: the head must be signed by the key the controller's trust root names for it, must not be older
+    every new head; the head must be signed by the key the controller's trust root names for it, must not be older
     than the newest head this controller signed (C(<controller_dir>/store-head.json)), and must list exactly each
     VM's newest manifest and every node record, receipt and trust root in the store. A rolled-back store fails with
     C(RollbackError), a deleted, added or altered file with C(TruncationError), naming the VM or file.
@@ -45,7 +45,7 @@ options:
         with O(head), also checks the store head against the newest this node saw and caches it.
       - C(enrolled) signs the node record of O(node_name) from O(node_facts) with the trust root (or through the
         offline request exchange) and stores it; an enrolled node whose SRK changed is refused unless O(replace).
-      - C(pinned) installs O(trust_roots) (the controller's) on the node: the first chain when the node holds
+      - C(pinned) installs O(trust_roots) (the controller's) on the node; the first chain when the node holds
         none, later only the next newer roots.
     type: str
     required: true

@@ -155,7 +155,7 @@ def next_head(
                 f"{known}; nothing more is signed for it; restore the newest store from a backup"
             )
         base, version = current.view, current.version
-    problems = [(key, kind, message) for key, kind, message in differences(base, view)]
+    problems = list(differences(base, view))
     refused = [message for key, kind, message in problems if not _allowed(key, kind, touched)]
     if refused:
         raise TruncationError(
