@@ -30,4 +30,6 @@ class ActionModule(ActionBase):
         holder = Holder.of_process(os.getppid(), playbook, socket.gethostname(), getpass.getuser())
         module_args = dict(self._task.args, holder=dataclasses.asdict(holder))
         result.update(self._execute_module(module_args=module_args, task_vars=task_vars))
+        # Where the locks live, so that a later play releases them there (register the result).
+        result["store_host"] = self._task.delegate_to or (task_vars or {}).get("inventory_hostname")
         return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: ironclaw_lock
 short_description: Serialize the playbook runs that change a VM, with locks in the manifest store
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Takes or releases run locks in the manifest store, C(<store_dir>/locks/<name>.json), so that every controller
     working against one store (several admins, AWX) sees them. Run it on the store host (C(delegate_to)).
@@ -124,50 +124,60 @@ locks:
   type: list
   elements: str
   sample: [node-pve1, vm-200]
+store_dir:
+  description: The store directory given, as the module found it on the host it ran on.
+  returned: always
+  type: str
+  sample: /root/.local/share/ironclaw/store
+store_host:
+  description: The host the module ran on (the C(delegate_to) host), where a later task releases the locks.
+  returned: always
+  type: str
+  sample: localhost
 acquired:
   description: Locks this call took (in check mode, would take).
-  returned: O(state=acquired)
+  returned: when O(state=acquired)
   type: list
   elements: str
   sample: [node-pve1, vm-200]
 renewed:
   description: Locks this run already held. Their lease was renewed.
-  returned: O(state=acquired)
+  returned: when O(state=acquired)
   type: list
   elements: str
   sample: []
 taken_over:
   description: Locks of provably dead runs that this call took over, each with its former holder.
-  returned: O(state=acquired)
+  returned: when O(state=acquired)
   type: list
   elements: str
   sample: ["vm-200: held by run 0c1d2e3f4a5b6c7d (migrate, root@ctl1, pid 4242) since 2026-01-02T03:04:05Z"]
 broken:
   description: Locks of the O(break_lock) run that this call broke, each with its former holder.
-  returned: O(state=acquired)
+  returned: when O(state=acquired)
   type: list
   elements: str
   sample: []
 held_by:
   description: In check mode, the locks other runs hold now (a real run would wait for them).
-  returned: O(state=acquired)
+  returned: when O(state=acquired)
   type: list
   elements: str
   sample: []
 waited:
   description: Seconds this call waited for other runs.
-  returned: O(state=acquired)
+  returned: when O(state=acquired)
   type: int
   sample: 0
 released:
   description: Locks of this run that this call removed (in check mode, would remove).
-  returned: O(state=released)
+  returned: when O(state=released)
   type: list
   elements: str
   sample: [node-pve1, vm-200]
 not_held:
   description: Locks of O(locks) this run did not hold (free, or another run's), left as they were.
-  returned: O(state=released)
+  returned: when O(state=released)
   type: list
   elements: str
   sample: []

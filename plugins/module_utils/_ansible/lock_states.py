@@ -30,7 +30,7 @@ def lock_state(p: dict, check_mode: bool) -> dict:
     if p["timeout"] < 0 or p["lease"] < 60:
         raise InputError(f"timeout must be 0 or more and lease at least 60 seconds, found {p['timeout']}, {p['lease']}")
     locks = lock.LockDir(p["store_dir"])
-    result = {"run_id": me.run_id, "locks": sorted(set(p["locks"]))}
+    result = {"run_id": me.run_id, "locks": sorted(set(p["locks"])), "store_dir": p["store_dir"]}
     if p["state"] == "released":
         done = locks.release(p["locks"], me, check_mode)
         result.update(done, changed=bool(done["released"]))

@@ -46,9 +46,7 @@ DEFAULT_LEASE = 3600
 POLL_INTERVAL = 1.0
 _RUN_ID = re.compile(r"[0-9a-f]{16}")
 _MAX_NAME = 200  # <name>.json stays well inside NAME_MAX
-_FIELDS = {
-    "format": str,
-    "name": str,
+_HOLDER_FIELDS = {
     "run_id": str,
     "playbook": str,
     "host": str,
@@ -56,19 +54,18 @@ _FIELDS = {
     "pid": int,
     "pid_start": int,
     "machine": str,
-    "since": str,
-    "expires": str,
 }
+_FIELDS = {**_HOLDER_FIELDS, "format": str, "name": str, "since": str, "expires": str}
 
 
 def lock_name(value: object) -> str:
     """``vm-<vmid>`` or ``node-<node name>``: also a file name in the store."""
-    if isinstance(value, str) and len(value) <= _MAX_NAME:
-        kind, _, rest = value.partition("-")
+    kind, _dash, rest = value.partition("-") if isinstance(value, str) else ("", "", "")
+    if kind == "vm" and str(validate.vmid(rest)) == rest:  # a bad VMID gets the VMID's own message
+        return value
+    if kind == "node" and len(value) <= _MAX_NAME:
         try:
-            if kind == "vm" and str(validate.vmid(rest)) == rest:
-                return value
-            if kind == "node" and validate.node_name(rest) == rest:
+            if validate.node_name(rest) == rest:
                 return value
         except InputError:
             pass
@@ -140,8 +137,7 @@ class Holder:
     @classmethod
     def from_dict(cls, doc: object) -> Holder:
         what = "lock holder"
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        canonical.require_fields(doc, {k: (int if t == "int" else str) for k, t in fields.items()}, what)
+        canonical.require_fields(doc, _HOLDER_FIELDS, what)
         run_id(doc["run_id"])
         if doc["pid"] < 1 or doc["pid_start"] < 0:
             raise InputError(f"{what}: pid must be positive and pid_start not negative")
@@ -178,7 +174,7 @@ def parse_record(data: bytes, path: str) -> Record:
         canonical.timestamp_field(doc[field], what, field)
     if f"{doc['name']}.json" != os.path.basename(path):
         raise FormatError(f"{what}: names lock {canonical.show(doc['name'])}; a lock file was renamed or copied")
-    holder = {k: doc[k] for k in doc if k not in ("format", "name", "since", "expires")}
+    holder = {k: doc[k] for k in _HOLDER_FIELDS}
     try:
         return Record(doc["name"], Holder.from_dict(holder), doc["since"], doc["expires"])
     except InputError as err:
