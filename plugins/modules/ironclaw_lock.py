@@ -18,10 +18,11 @@ description:
     and takes none of them.
   - The holder is the C(ansible-playbook) run, not the task. Every task of one run has the same run id, so the
     release can be in any later play; taking a lock this run already holds renews its lease.
-  - A lock whose holder is provably dead is taken over without asking, that is a lock taken on the same machine
-    (same boot, same pid namespace) by a process that is gone. Any other stale lock (taken on another
-    controller, or whose lease expired without renewal) is only reported. After checking that its run is
-    dead, break it with O(break_lock).
+  - A lock whose holder is provably dead is taken over without asking, that is a lock taken by a controller
+    process that is gone, on the machine the module runs on (same boot, same pid namespace; the store host is
+    the controller). Any other stale lock (taken on another controller, held for a store on another host, or
+    whose lease expired without renewal) is only reported. After checking that its run is dead, break it with
+    O(break_lock).
 options:
   state:
     description:

@@ -175,6 +175,7 @@ def test_break_lock_breaks_only_the_named_run(store, clock):
     done = locks.acquire(["vm-300"], me, timeout=0, break_run=OTHER.run_id)
     assert len(done["broken"]) == 1 and locks.read("vm-300").holder == me
     assert locks.read("vm-301").holder == third
+    before = files(store)
     with pytest.raises(InputError, match="run id"):
         lock_state(
             {
@@ -189,6 +190,18 @@ def test_break_lock_breaks_only_the_named_run(store, clock):
             },  # fmt: skip
             False,
         )
+    assert files(store) == before
+
+
+def test_break_lock_with_another_run_id_breaks_nothing(store, clock):
+    """A well-formed run id that is not the holder's (a typo, another dead run) breaks nothing, here or elsewhere."""
+    locks = locks_of(store, clock)
+    locks.acquire(["vm-300"], OTHER)
+    before = files(store)
+    for wrong in ("0123456789abcdef", holder().run_id):
+        with pytest.raises(LockError, match=OTHER.run_id):
+            locks.acquire(["vm-300", "node-nodeA"], holder(), timeout=0, break_run=wrong)
+        assert files(store) == before
 
 
 def test_release_leaves_other_runs_locks(store, clock):
@@ -230,11 +243,13 @@ def test_symlink_in_locks_dir_is_refused(store, clock, tmp_path):
     target = tmp_path / "elsewhere.json"
     target.write_bytes(b"not a lock")
     (store / "locks" / "vm-300.json").symlink_to(target)
+    before = files(store)
     with pytest.raises(FormatError, match="symlink"):
         locks.acquire(["vm-300"], holder(), timeout=0)
     with pytest.raises(FormatError, match="symlink"):
         locks.release(["vm-300"], holder())
     assert target.read_bytes() == b"not a lock" and (store / "locks" / "vm-300.json").is_symlink()
+    assert files(store) == before
 
 
 def test_symlinked_locks_dir_is_refused(tmp_path, clock):
