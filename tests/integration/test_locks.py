@@ -102,12 +102,15 @@ def assert_on_exactly(lab: Lab, node: str, tmp_path) -> None:
 
 
 def test_two_migrations_of_one_vm_at_once_one_fails_naming_the_other(lab, tmp_path):
+    assert held_locks(lab) == [], "provision released the VM's lock"
     first = lab.start("migrate", *migrate_args("nodeB"))
     holder = wait_for_lock(lab, f"vm-{VMID}", first)
     assert holder["playbook"] == "migrate" and holder["pid"] == first.pid
     # To another target at once: refused after the (short) timeout, naming the run that holds the VM.
     second = lab.run("migrate", *migrate_args("nodeC"), *SHORT, expect_fail=True)
-    assert f"held by run {holder['run_id']} (migrate, " in second.stdout, second.stdout[-3000:]
+    named = f"held by run {holder['run_id']} (migrate, {holder['user']}@{holder['host']}, pid {first.pid})"
+    assert named in second.stdout, second.stdout[-3000:]
+    assert not lab.vm_dir("nodeC", VMID).exists(), "the refused run imported nothing"
     assert f"pid {first.pid})" in second.stdout and f"-e ironclaw_break_lock={holder['run_id']}" in second.stdout
     # A third run that waits long enough runs after the first, and finds the VM gone from its source.
     third = lab.start("migrate", *migrate_args("nodeC"), "-e", "ironclaw_lock_timeout=170")
