@@ -329,7 +329,7 @@ def test_racing_runs_get_the_lock_exactly_once(store):
     for racer in racers:
         racer.start()
     start.set()
-    outcomes = [results.get(timeout=30) for _ in racers]
+    outcomes = [results.get(timeout=30) for _racer in racers]
     for racer in racers:
         racer.join(timeout=30)
     winners = [index for index in outcomes if index is not None]
