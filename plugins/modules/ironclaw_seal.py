@@ -20,7 +20,12 @@ options:
       - C(sealed) creates the keyslot if absent and makes each listed secret's blob hold exactly its content.
         Secrets not listed are left alone. An unchanged secret is not rewritten (compared by decrypting, in constant
         time); a changed one is re-sealed with generation + 1.
-      - C(unsealed) writes each secret to C(dest/<name>), mode 0600, where the content differs.
+      - C(unsealed) writes each secret to C(dest/<name>), mode 0600, where the content differs. First the VM's
+        sealed state is verified against the signed manifest this node cached (when the VM was provisioned,
+        verified or migrated here), its trust roots and its floor record: signatures, expiry, rollback, fork and
+        tombstone, subject (O(cluster), O(vm_ctime)), every file's SHA-256 and size, the exact set. A blob older
+        than the manifest's generation (put back from a backup) is refused as a rollback. Nothing is written to
+        O(dest) unless all of it holds; a VM without a cached manifest is refused (run the verify playbook).
       - C(verified) test-unseals every blob in memory and fails, naming the blobs, when any does not verify.
       - C(approved) checks an approval against the keyslot and node and installs it as C(approval.json).
       - C(exported) (on the source of a migration) re-binds the keyslot to the target named by O(grant) and writes
@@ -115,11 +120,11 @@ options:
     description: With O(envelope), the store's floor for the VM.
     type: dict
   cluster:
-    description: With O(envelope), the cluster name the manifest must name.
+    description: With O(envelope) or O(state=unsealed), the cluster name the manifest must name.
     type: str
     default: default
   vm_ctime:
-    description: With O(envelope), the VM's creation time from Proxmox, when known.
+    description: With O(envelope) or O(state=unsealed), the VM's creation time from Proxmox, when known.
     type: int
   pve:
     description:
@@ -195,6 +200,10 @@ files:
   returned: when O(state=unsealed)
   type: list
   elements: dict
+manifest_version:
+  description: The version of the cached manifest the sealed state was verified against before unsealing.
+  returned: when O(state=unsealed)
+  type: int
 epoch:
   description: The epoch of the installed approval.
   returned: when O(state=approved)
@@ -374,7 +383,15 @@ def run(module) -> dict:
             return engine.install_approval(backend, vm, approval, check_mode=module.check_mode)
         if state == "unsealed":
             return engine.unseal_to(
-                backend, vm, p["dest"], names=p["names"], approval=approval, check_mode=module.check_mode
+                backend,
+                vm,
+                p["dest"],
+                names=p["names"],
+                approval=approval,
+                check_mode=module.check_mode,
+                cluster=p["cluster"],
+                vm_ctime=p["vm_ctime"],
+                now=clock(p["now"]),
             )
         result = engine.verify(backend, vm, approval)
         result = {"changed": False, "blobs": result["blobs"], "failed_blobs": result["failed"]}

@@ -8,16 +8,24 @@ import dataclasses
 import glob
 import os
 import shutil
+from datetime import timedelta
 
 import pytest
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import TpmError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    ExpiredError,
+    RollbackError,
+    TpmError,
+    VerificationError,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_on_node, read_record
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import parse_keyslot
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.node_check import verify_cached
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+from rig.manifest import Ledger
 from rig.policy import approve
 
 NOW = "2030-01-01T00:00:00Z"
@@ -180,3 +188,127 @@ def test_files_are_removed_only_after_the_bump_that_revokes_them(node):
     done = destroy(node)
     assert done["status"] == "destroyed" and node.backend.epoch() == epoch + 1
     assert not os.path.exists(node.vm(GONE).path)
+
+
+# -- A9: `unsealed` verifies against the node's cached manifest and floor before it writes ----------------------
+
+
+@pytest.fixture
+def published(node):
+    """VM KEPT's state signed and cached on the node as provision leaves it (manifest v1)."""
+    node.ledger = Ledger()
+    node.publish = lambda vm=KEPT: node.ledger.publish(node.state_dir, *vm, "pve1", node.backend.identity()[0])
+    node.publish()
+    return node
+
+
+def unseal(node: Node, dest, vm=KEPT, **options):
+    return engine.unseal_to(
+        node.backend,
+        node.vm(vm),
+        str(dest),
+        check_mode=False,
+        cluster=options.pop("cluster", node.ledger.cluster),
+        vm_ctime=None,
+        now=options.pop("now", node.ledger.now),
+        **options,
+    )
+
+
+def state_of(node: Node) -> dict[str, bytes]:
+    """Every file under the node's state directory (VM files, cache, floor records)."""
+    out = {}
+    for directory, _dirs, names in os.walk(node.state_dir):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as fh:
+                out[path] = fh.read()
+    return out
+
+
+def test_intact_state_unseals_after_its_manifest_verified(published, tmp_path):
+    done = unseal(published, tmp_path / "out")
+    assert done["manifest_version"] == 1 and done["changed"]
+    assert (tmp_path / "out" / "a").read_bytes() == b"alpha-201"
+
+
+def test_rollback_of_one_blob_restored_from_a_backup_writes_nothing(published, tmp_path):
+    """Generation 1 of secret 'a' saved, 'a' resealed (generation 2, manifest v2), the old file put back."""
+    node = published
+    saved = (tmp_path / "a.sealed.gen1").as_posix()
+    shutil.copyfile(node.vm(KEPT).blob_path("a"), saved)
+    node.seal(KEPT, {"a": b"alpha-201-rotated"})
+    node.publish()
+    shutil.copyfile(saved, node.vm(KEPT).blob_path("a"))
+    before = state_of(node)
+    with pytest.raises(RollbackError, match="blob 'a' is generation 1, the manifest records 2"):
+        unseal(node, tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "nothing may be written to dest"
+    assert state_of(node) == before
+
+
+def test_rollback_of_the_whole_vm_dir_with_its_old_manifest_is_refused_by_the_floor(published, tmp_path):
+    node = published
+    saved = tmp_path / "saved"
+    shutil.copytree(node.vm(KEPT).path, saved)
+    node.seal(KEPT, {"a": b"alpha-201-rotated"})
+    node.publish()
+    shutil.rmtree(node.vm(KEPT).path)
+    shutil.copytree(saved, node.vm(KEPT).path)  # old blobs, old keyslot, old manifest.json: consistent, but old
+    before = state_of(node)
+    with pytest.raises(RollbackError, match="older than the floor"):
+        unseal(node, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and state_of(node) == before
+
+
+@pytest.mark.parametrize("change", ["swapped-blob", "extra-blob", "missing-blob", "altered-keyslot"])
+def test_files_that_differ_from_the_cached_manifest_write_nothing(published, tmp_path, change):
+    node = published
+    vm = node.vm(KEPT)
+    if change == "swapped-blob":
+        shutil.copyfile(vm.blob_path("b"), vm.blob_path("a"))
+    elif change == "extra-blob":
+        shutil.copyfile(node.vm(GONE).blob_path("a"), vm.blob_path("z"))
+    elif change == "missing-blob":
+        os.unlink(vm.blob_path("b"))
+    else:
+        data = open(vm.keyslot_path, "rb").read().replace(b'"created":"20', b'"created":"19', 1)
+        with open(vm.keyslot_path, "wb") as fh:
+            fh.write(data)
+    with pytest.raises(VerificationError):
+        unseal(node, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_vm_without_a_cached_manifest_is_refused_saying_how_to_get_one(node, tmp_path):
+    node.ledger = Ledger()
+    before = state_of(node)
+    with pytest.raises(VerificationError, match="no cached manifest.*verify playbook"):
+        unseal(node, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and state_of(node) == before
+
+
+def test_expired_cached_manifest_writes_nothing(published, tmp_path):
+    with pytest.raises(ExpiredError):
+        unseal(published, tmp_path / "out", now=published.ledger.now + timedelta(days=31))
+    assert not (tmp_path / "out").exists()
+
+
+def test_manifest_of_another_cluster_writes_nothing(published, tmp_path):
+    with pytest.raises(VerificationError, match="another cluster"):
+        unseal(published, tmp_path / "out", cluster="elsewhere")
+    assert not (tmp_path / "out").exists()
+
+
+def test_blob_swapped_after_the_verification_is_not_opened(published):
+    """The bytes opened are those the manifest names: a file swapped between the check and the read is refused."""
+    node = published
+    manifest = verify_cached(
+        node.state_dir, vmid=KEPT[0], vm_uuid=KEPT[1], cluster=node.ledger.cluster, vm_ctime=None, now=node.ledger.now
+    )
+    shutil.copyfile(node.vm(KEPT).blob_path("b"), node.vm(KEPT).blob_path("a"))
+    opened = {
+        name: (data, error) for name, _h, data, error in engine.open_all(node.backend, node.vm(KEPT), pinned=manifest)
+    }
+    assert opened["a"][0] is None and "changed since it was verified" in opened["a"][1]
+    assert opened["b"][1] is None
