@@ -14,16 +14,20 @@ import pytest
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     ExpiredError,
+    PolicyError,
     RollbackError,
     TpmError,
     VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_on_node, read_record
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import parse_keyslot
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.bundle_check import verify_bundle
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.node_check import verify_cached
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import envelope_digest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_grant
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine, transfer
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 from rig.manifest import Ledger
 from rig.policy import approve
@@ -312,3 +316,212 @@ def test_blob_swapped_after_the_verification_is_not_opened(published):
     }
     assert opened["a"][0] is None and "changed since it was verified" in opened["a"][1]
     assert opened["b"][1] is None
+
+
+# -- A8: the verified bundle is authoritative on import ------------------------------------------------------------
+
+VMX = (300, "55555555-5555-4555-8555-555555555555")
+
+
+class Pair:
+    """Two nodes of one backend (pve1, pve2), one controller: policy keys and the signed chains (ledger)."""
+
+    def __init__(self, kind: str, tctis, tmp_path):
+        keys = PolicyKeyStore(str(tmp_path / "controller"))
+        self.ledger = Ledger()
+        self.nodes = {}
+        for index, tcti in enumerate(tctis, 1):
+            state_dir = str(tmp_path / f"pve{index}")
+            backend = open_backend(kind, tcti=tcti, state_dir=state_dir)
+            backend.provision()
+            self.nodes[f"pve{index}"] = Node(backend, state_dir, keys)
+
+    def close(self):
+        for node in self.nodes.values():
+            node.backend.close()
+
+    def publish(self, name: str, migration=None):
+        node = self.nodes[name]
+        return self.ledger.publish(node.state_dir, *VMX, name, node.backend.identity()[0], migration)
+
+    def export(self, source: str, target: str) -> dict:
+        """Export VMX from source for target against the newest manifest, and carry the bundle to the target."""
+        src, dst = self.nodes[source], self.nodes[target]
+        facts, target_facts = src.backend.facts(), dst.backend.facts()
+        grant = sign_grant(
+            src.keys.load(*VMX),
+            vmid=VMX[0],
+            vm_uuid=VMX[1],
+            source_name=facts.node_name,
+            source_epoch_nv_name=facts.epoch_nv_name,
+            epoch=facts.epoch,
+            target_name=target_facts.node_name,
+            target_public=target_facts.node_public,
+        )
+        latest = self.ledger.latest(VMX[1])
+        migration = {
+            "source": source,
+            "target": target,
+            "not_after": canonical.utc_timestamp(self.ledger.now + timedelta(hours=1)),
+        }
+        transfer.export_vm(
+            src.backend,
+            src.vm(VMX),
+            grant,
+            migration=migration,
+            manifest={"version": len(self.ledger.chains[VMX[1]]), "digest": envelope_digest(latest)},
+            path=transfer.bundle_path(src.state_dir, *VMX),
+            now=self.ledger.now,
+            check_mode=False,
+        )
+        here = transfer.bundle_path(dst.state_dir, *VMX)
+        os.makedirs(os.path.dirname(here), exist_ok=True)
+        shutil.copyfile(transfer.bundle_path(src.state_dir, *VMX), here)
+        transfer.remove_bundle(transfer.bundle_path(src.state_dir, *VMX), check_mode=False)
+        return migration
+
+    def import_(self, target: str, *, verified: bool = True, check_mode: bool = False) -> dict:
+        dst = self.nodes[target]
+
+        def verify(bundle):
+            verify_bundle(
+                dst.state_dir,
+                bundle,
+                envelope=self.ledger.latest(VMX[1]),
+                offered_roots=[self.ledger.root],
+                floor=None,
+                cluster=self.ledger.cluster,
+                vm_ctime=None,
+                now=self.ledger.now,
+            )
+
+        return transfer.import_vm(
+            dst.backend,
+            dst.vm(VMX),
+            dst.approval(VMX),
+            path=transfer.bundle_path(dst.state_dir, *VMX),
+            now=self.ledger.now,
+            check_mode=check_mode,
+            verify=verify if verified else None,
+        )
+
+    def migrate(self, source: str, target: str) -> dict:
+        """The migrate playbook's steps: export, import (verified), record the move, revoke the source."""
+        migration = self.export(source, target)
+        done = self.import_(target)
+        self.publish(target, migration)
+        transfer.remove_bundle(transfer.bundle_path(self.nodes[target].state_dir, *VMX), check_mode=False)
+        src = self.nodes[source]
+        destroy_on_node(src.backend, src.state_dir, *VMX, now=NOW, check_mode=False)
+        return done
+
+
+@pytest.fixture(params=["tpm2", "software"])
+def pair(request, tmp_path):
+    tctis = [t.tcti for t in request.getfixturevalue("swtpm_pair")] if request.param == "tpm2" else [None, None]
+    made = Pair(request.param, tctis, tmp_path)
+    made.nodes["pve1"].seal(VMX, {"master": b"secret-v1", "token": b"token-v1"})
+    made.publish("pve1")
+    yield made
+    made.close()
+
+
+def stale_copy_back_on_pve1(pair: Pair, tmp_path) -> None:
+    """pve1's copy saved, VMX migrated to pve2 and its secret rotated there (the newest state), the copy put back."""
+    a = pair.nodes["pve1"]
+    saved = tmp_path / "backup-of-pve1"
+    shutil.copytree(a.vm(VMX).path, saved)
+    pair.migrate("pve1", "pve2")
+    pair.nodes["pve2"].seal(VMX, {"master": b"secret-v2-newest"})
+    pair.publish("pve2")
+    shutil.copytree(saved, a.vm(VMX).path)
+
+
+def test_migrating_back_onto_a_stale_copy_yields_the_newest_secret(pair, tmp_path):
+    a, b = pair.nodes["pve1"], pair.nodes["pve2"]
+    stale_copy_back_on_pve1(pair, tmp_path)
+    pair.export("pve2", "pve1")
+    done = pair.import_("pve1")
+    assert done["status"] == "imported" and "master.sealed" in done["replaced"]
+    assert {r["name"]: r["generation"] for r in done["blobs"]} == {"master": 2, "token": 1}
+    opened = {name: data for name, _h, data, _e in engine.open_all(a.backend, a.vm(VMX))}
+    assert opened == {"master": b"secret-v2-newest", "token": b"token-v1"}
+    # The blobs are B's, byte for byte; the keyslot is bound to this node.
+    assert {n: d for n, d in a.files(VMX).items() if n.endswith(".sealed")} == {
+        n: d for n, d in b.files(VMX).items() if n.endswith(".sealed")
+    }
+    assert a.vm(VMX).keyslot().node_name == a.backend.identity()[0]
+    # Once the files are the bundle's, a re-run finds them imported.
+    again = pair.import_("pve1")
+    assert again["status"] == "already-imported" and again["replaced"] == []
+
+
+def test_stale_copy_without_a_bundle_is_neither_kept_as_imported_nor_approved(pair, tmp_path):
+    a = pair.nodes["pve1"]
+    stale_copy_back_on_pve1(pair, tmp_path)
+    before = a.files(VMX)
+    with pytest.raises(VerificationError, match="no transfer bundle .* says it is the VM's current state"):
+        pair.import_("pve1")
+    assert a.files(VMX) == before, "nothing replaced, no approval installed"
+    # The stale copy still has no approval for this node's epoch: it does not open.
+    with pytest.raises(PolicyError, match="approval is for epoch 1 but this node is at epoch 2"):
+        list(engine.open_all(a.backend, a.vm(VMX)))
+
+
+def test_unverified_bundle_does_not_replace_stale_state(pair, tmp_path):
+    a = pair.nodes["pve1"]
+    stale_copy_back_on_pve1(pair, tmp_path)
+    pair.export("pve2", "pve1")
+    before = a.files(VMX)
+    with pytest.raises(VerificationError, match="master.sealed.*differ from the bundle"):
+        pair.import_("pve1", verified=False)
+    assert a.files(VMX) == before
+
+
+def test_check_mode_names_what_would_be_replaced_and_changes_nothing(pair, tmp_path):
+    a = pair.nodes["pve1"]
+    stale_copy_back_on_pve1(pair, tmp_path)
+    pair.export("pve2", "pve1")
+    before = a.files(VMX)
+    planned = pair.import_("pve1", check_mode=True)
+    assert planned["status"] == "would-import" and "master.sealed" in planned["replaced"]
+    assert a.files(VMX) == before
+
+
+@pytest.mark.parametrize("change", ["altered-blob", "extra-blob", "missing-blob"])
+def test_imported_state_that_differs_from_the_bundle_is_replaced_not_kept(pair, change):
+    """Cut short after an import, then a file changed: the re-run does not call it imported; the bundle wins."""
+    b = pair.nodes["pve2"]
+    pair.export("pve1", "pve2")
+    assert pair.import_("pve2")["status"] == "imported"
+    vm = b.vm(VMX)
+    if change == "altered-blob":
+        shutil.copyfile(vm.blob_path("token"), vm.blob_path("master"))
+    elif change == "extra-blob":
+        shutil.copyfile(vm.blob_path("token"), vm.blob_path("leftover"))
+    else:
+        os.unlink(vm.blob_path("token"))
+    done = pair.import_("pve2")
+    assert done["status"] == "imported"
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(vm.path, "*.sealed"))) == [
+        "master.sealed",
+        "token.sealed",
+    ]
+    opened = {name: data for name, _h, data, _e in engine.open_all(b.backend, vm)}
+    assert opened == {"master": b"secret-v1", "token": b"token-v1"}
+
+
+def test_corrupt_keyslot_on_the_target_is_replaced_only_by_a_verified_bundle(pair):
+    b = pair.nodes["pve2"]
+    pair.export("pve1", "pve2")
+    vm = b.vm(VMX)
+    vm.ensure()
+    vm.write(vm.keyslot_path, b'{"format": "not a keyslot"')
+    before = b.files(VMX)
+    with pytest.raises(VerificationError, match=r"\(keyslot.json, master.sealed, token.sealed differ from the bundle"):
+        pair.import_("pve2", verified=False)
+    assert b.files(VMX) == before
+    done = pair.import_("pve2")
+    assert done["status"] == "imported" and done["replaced"] == ["keyslot.json", "master.sealed", "token.sealed"]
+    opened = {name: data for name, _h, data, _e in engine.open_all(b.backend, vm)}
+    assert opened == {"master": b"secret-v1", "token": b"token-v1"}
