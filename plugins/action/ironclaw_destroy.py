@@ -5,14 +5,24 @@
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import SPEC
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt import build_receipt, sign_receipt
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt import (
+    adds_to,
+    build_receipt,
+    sign_receipt,
+    tombstone_ref,
+    verify_receipt,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import parse_manifest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import load_chain
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import envelope_digest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.split_action import SplitAction
 
@@ -43,32 +53,97 @@ def revoked(args: dict, check_mode: bool) -> dict:
     }
 
 
+def _chain_end_tombstone(args: dict):
+    """(ref, request): the tombstone the receipt names, from the chain's end when the store has it, else
+    (offline) from the request for the tombstone that ends the chain, which is returned too."""
+    if not args["chain_end"]:
+        return None, None
+    end = dsse.parse_envelope(args["chain_end"], "the store's newest manifest")
+    manifest = parse_manifest(end.payload, "the store's newest manifest")
+    if manifest.destroyed:
+        return tombstone_ref(manifest, end.payload), None
+    if args["signing"] != "offline" or not args["sign_dir"]:
+        return None, None
+    request = requests.pending_manifest(args["sign_dir"], manifest.subject.vm_uuid, manifest.version + 1)
+    if request is None or not request.document.destroyed or request.document.prev != envelope_digest(end):
+        return None, None
+    return tombstone_ref(request.document, request.payload), request
+
+
+def _waiting_message(args: dict, vmid: int, waiting) -> str:
+    listed = "; ".join(f"{request.path} (digest {request.digest})" for request in waiting)
+    return (
+        f"VM {vmid}: what could be destroyed is destroyed; {len(waiting)} signature(s) wait for the offline "
+        f"machine: {listed}. Carry {args['sign_dir']} there, run ansible-playbook ironclaw.sealed.sign "
+        f"-e ironclaw_sign_dir={args['sign_dir']} and confirm these digests, bring the directory back and re-run "
+        f"ironclaw.sealed.decommission for VM {vmid}: the re-run destroys nothing again, it stores what was signed"
+    )
+
+
 def receipted(args: dict, check_mode: bool) -> dict:
+    """Sign (online) or request (offline) a receipt when this run adds to the newest one already issued;
+    offline, also hand back the receipts the offline machine signed since, for the store."""
     if not args["locations"] or not args["policy_key"]:
         raise InputError("state=receipted needs locations (one per node) and policy_key (from state=revoked)")
     vmid, vm_uuid = one_vm(args)
+    offline = args["signing"] == "offline"
+    if offline and not args["sign_dir"]:
+        raise InputError("ironclaw_signing offline needs sign_dir: where signing requests are exchanged")
     now = clock(args["now"])
+    keys_store = TrustKeyStore(args["controller_dir"])
+    root = load_chain(keys_store.roots(), now)
+    issued = []  # (document, envelope or None) of every receipt issued so far: stored, returned, waiting
+    stored = [dsse.parse_envelope(r, "stored receipt") for r in args["stored_receipts"] or []]
+    for envelope in stored:
+        try:
+            issued.append((verify_receipt(envelope, root), envelope))
+        except VerificationError:
+            continue  # signed under an older root, or not ours: never a reason to skip a receipt
+    to_store, waiting = [], []
+    if offline:
+        for request, envelope in requests.receipt_requests(args["sign_dir"], vm_uuid):
+            if envelope is None:
+                waiting.append(request)
+            elif envelope not in stored:
+                verify_receipt(envelope, root)
+                to_store.append(envelope)
+            issued.append((request.document, envelope))
+    tombstone, tombstone_request = _chain_end_tombstone(args)
+    if tombstone_request is not None and not os.path.exists(tombstone_request.signed_path):
+        waiting.insert(0, tombstone_request)
     document = build_receipt(
         vmid=vmid,
         vm_uuid=vm_uuid,
         cluster=args["cluster"],
         policy_key=args["policy_key"],
-        tombstone=args["tombstone"],
+        tombstone=tombstone,
         locations=args["locations"],
         issued_at=canonical.utc_timestamp(now),
     )
+    newest = max(issued, key=lambda item: item[0]["issued_at"])[0] if issued else None
+    needed = adds_to(document, newest)
+    out = {"changed": False, "document": document, "needed": needed}
     if check_mode:
-        return {"changed": False, "document": document, "receipt": None}
-    keys_store = TrustKeyStore(args["controller_dir"])
-    root = load_chain(keys_store.roots(), now)
-    keys = [k for k in keys_store.load_keys() if dsse.keyid_of(dsse.raw_public(k)) in root.keys]
-    if len(keys) < root.threshold:
-        raise InputError(
-            f"signing the destruction receipt needs {root.threshold} trust-root key(s); "
-            f"this controller holds {len(keys)}"
-        )
-    envelope = sign_receipt(document, keys)
-    return {"changed": True, "document": document, "receipt": dsse.envelope_to_dict(envelope)}
+        return {**out, "receipts": [], "pending": []}
+    if needed and offline:
+        waiting.append(requests.request_receipt(args["sign_dir"], document))
+        out["changed"] = True
+    elif needed:
+        keys = [k for k in keys_store.load_keys() if dsse.keyid_of(dsse.raw_public(k)) in root.keys]
+        if len(keys) < root.threshold:
+            raise InputError(
+                f"signing the destruction receipt needs {root.threshold} trust-root key(s); this controller holds "
+                f"{len(keys)}: with the keys on an offline machine, set ironclaw_signing: offline"
+            )
+        to_store.append(sign_receipt(document, keys))
+        out["changed"] = True
+    if waiting:
+        out["msg"] = _waiting_message(args, vmid, waiting)
+    return {
+        **out,
+        "receipts": [dsse.envelope_to_dict(envelope) for envelope in to_store],
+        "pending": [{"path": request.path, "digest": request.digest} for request in waiting],
+    }
 
 
 HANDLERS = {"revoked": revoked, "receipted": receipted}

@@ -8,7 +8,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC, clock
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import rules, signing
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal import MoveJournal
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, LifetimeError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.issue import next_manifest
@@ -16,6 +19,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import (
     MANIFEST_PAYLOAD_TYPE,
     check_statement,
+    with_policy,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import (
     load_chain,
@@ -88,23 +92,66 @@ def trusted(args: dict, check_mode: bool) -> dict:
     }
 
 
+def sign_confirmed(args: dict, check_mode: bool) -> dict:
+    """On the offline machine: the confirmed pending requests of sign_dir, and only those (A10)."""
+    if check_mode:
+        return {"changed": False, "signed": [], "msg": "check mode: nothing signed"}
+    done = requests.sign_confirmed(
+        args["sign_dir"],
+        _signing_keys(TrustKeyStore(args["controller_dir"]), clock(args["now"])),
+        confirm=args["confirm"],
+        answer=args["answer"],
+        shown=args["shown"],
+        max_days=args["max_days"],
+    )
+    out = [{"path": r.signed_path, "digest": r.digest, "summary": r.summary} for r in done]
+    if not done:
+        return {"changed": False, "signed": [], "msg": "nothing confirmed, nothing signed"}
+    return {
+        "changed": True,
+        "signed": out,
+        "msg": f"signed {len(done)} request(s): " + ", ".join(r.digest for r in done),
+    }
+
+
 def signed(args: dict, check_mode: bool) -> dict:
+    if args["statement"] is None:
+        if not args["sign_dir"]:
+            raise InputError(
+                "state=signed needs statement (from state=built), or on the offline machine sign_dir (the requests)"
+            )
+        return sign_confirmed(args, check_mode)
     now = clock(args["now"])
     store = TrustKeyStore(args["controller_dir"])
-    if args["request"]:  # on the offline machine
-        if check_mode:
-            return {"changed": True, "msg": f"would sign {args['request']}"}
-        path, summary = requests.sign_request(args["request"], _signing_keys(store, now))
-        return {"changed": True, "signed": path, "summary": summary}
-    if args["statement"] is None:
-        raise InputError("state=signed needs statement (from state=built) or request (offline signing)")
-    statement = check_statement(args["statement"])
-    previous = dsse.parse_envelope(args["previous"], "previous manifest") if args["previous"] else None
+    signing.check_max_days(args["max_days"])
+    if args["chain"] is None:
+        raise InputError("state=signed needs chain: the VM's chain from the store (the chain result of state=listed)")
+    # The node describes its files; the controller decides, from the VM's verified ledger, whether it may sign
+    # that description and which policy it records (module_utils/_authority/rules.py).
+    statement = check_statement(
+        {k: v for k, v in args["statement"].items() if k != "policy"}, "statement to sign", with_policy=False
+    )
+    vm_uuid = statement["subject"]["vm_uuid"]
+    ledger = VmLedger.verify(vm_uuid, args["chain"], controller_roots(args["controller_dir"], now))
+    policy = rules.manifest_policy(
+        ledger,
+        statement,
+        now=now,
+        provision=rules.requested_policy(args["provision"], args["policy"]),
+        move=MoveJournal(args["controller_dir"]).get(vm_uuid),
+    )
+    previous = ledger.newest_envelope
     manifest, reason = next_manifest(
-        statement, previous, now=now, expires_days=args["expires_days"], resign_days=args["resign_days"]
+        with_policy(statement, policy),
+        previous,
+        now=now,
+        expires_days=args["expires_days"],
+        resign_days=args["resign_days"],
     )
     if manifest is None:
-        return {"changed": False, "envelope": args["previous"], "reason": reason}
+        return {"changed": False, "envelope": dsse.envelope_to_dict(previous), "reason": reason}
+    what = f"manifest version {manifest.version} of VM {manifest.subject.vmid}"
+    signing.check_lifetime(manifest.issued_at, manifest.expires, args["max_days"], what)
     out = {"changed": True, "version": manifest.version, "reason": reason}
     if check_mode:
         return {**out, "envelope": None}
@@ -112,13 +159,17 @@ def signed(args: dict, check_mode: bool) -> dict:
         if not args["sign_dir"]:
             raise InputError("ironclaw_signing offline needs sign_dir: where signing requests are exchanged")
         envelope, path = requests.exchange(args["sign_dir"], manifest)
+        if envelope is None and args["allow_pending"]:
+            digest = requests.read_request(path).digest
+            return {**out, "changed": False, "envelope": None, "pending": {"path": path, "digest": digest}}
         if envelope is None:
             raise InputError(
-                f"signing request written to {path} (VM {manifest.subject.vmid}, version {manifest.version}). "
+                f"signing request written to {path} (VM {manifest.subject.vmid}, version {manifest.version}, "
+                f"digest {requests.read_request(path).digest}). "
                 "Carry the directory to the offline machine, run: ansible-playbook ironclaw.sealed.sign "
                 f"-e ironclaw_sign_dir={args['sign_dir']} there, bring it back and re-run this playbook"
             )
-        return {**out, "envelope": dsse.envelope_to_dict(envelope), "signed_by": "offline"}
+        return {**out, "envelope": dsse.envelope_to_dict(envelope), "signed_by": "offline", "pending": None}
     envelope = dsse.sign(manifest.to_bytes(), MANIFEST_PAYLOAD_TYPE, _signing_keys(store, now))
     return {**out, "envelope": dsse.envelope_to_dict(envelope), "signed_by": "controller"}
 
@@ -126,7 +177,17 @@ def signed(args: dict, check_mode: bool) -> dict:
 def pending(args: dict, _check_mode: bool) -> dict:
     if not args["sign_dir"]:
         raise InputError("state=requests needs sign_dir")
-    return {"changed": False, "requests": requests.pending_requests(args["sign_dir"])}
+    max_days = signing.check_max_days(args["max_days"])
+    listed = []
+    for request in requests.pending_requests(args["sign_dir"]):
+        item = {**request.listed(), "refused": None}
+        if request.kind == "manifest":
+            try:
+                signing.check_lifetime(request.document.issued_at, request.document.expires, max_days, "this request")
+            except LifetimeError as err:
+                item["refused"] = str(err)
+        listed.append(item)
+    return {"changed": False, "requests": listed}
 
 
 HANDLERS = {"trusted": trusted, "signed": signed, "requests": pending}

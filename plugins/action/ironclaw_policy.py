@@ -6,7 +6,20 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import rules
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal import MoveJournal
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import (
+    NodeView,
+    VmLedger,
+    controller_roots,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    InputError,
+    IronclawError,
+    PolicyError,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
@@ -20,16 +33,30 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec impor
 DEFAULT_CONTROLLER_DIR = "~/.local/share/ironclaw"
 
 ARGUMENT_SPEC = {
-    "state": {"type": "str", "default": "present", "choices": ["present", "approved", "granted"]},
-    "vmid": {"type": "int", "required": True},
-    "vm_uuid": {"type": "str", "required": True},
+    "state": {"type": "str", "default": "present", "choices": ["present", "approved", "granted", "placed"]},
+    "vmid": {"type": "int"},
+    "vm_uuid": {"type": "str"},
     "controller_dir": {"type": "path", "default": DEFAULT_CONTROLLER_DIR},
     "node": {"type": "dict"},
+    "node_name": {"type": "str"},
+    "chain": {"type": "list", "elements": "dict"},
+    "chains": {"type": "dict"},
+    "vms": {"type": "list", "elements": "dict"},
+    "provision": {"type": "bool", "default": False},
     "target": {"type": "dict"},
+    "target_name": {"type": "str"},
+    "not_after": {"type": "str"},
     "epoch": {"type": "int"},
     "pcrs": {"type": "dict"},
     "policy": {"type": "raw"},
+    "now": {"type": "str"},
 }
+REQUIRED_IF = [
+    ("state", "present", ("vmid", "vm_uuid")),
+    ("state", "approved", ("vmid", "vm_uuid", "node", "node_name", "chain")),
+    ("state", "granted", ("vmid", "vm_uuid", "node", "node_name", "chain", "target", "target_name", "not_after")),
+    ("state", "placed", ("node", "node_name", "vms", "chains")),
+]
 
 
 def _node_binding(node: dict, epoch_override):
@@ -73,13 +100,19 @@ def _pcr_binding(pcrs: dict | None):
     return PcrSelection.parse(pcrs["selection"]), canonical.hex_bytes(pcrs["digest"], "pcrs.digest", 32)
 
 
+def _node_view(name: str, node: dict, what: str) -> NodeView:
+    if not node or not node.get("srk_name"):
+        raise InputError(f"{what} needs the node's srk_name (the ironclaw_node result or its enrolled record)")
+    return NodeView.of(name, canonical.tpm_name(node["srk_name"], f"{what}.srk_name"))
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _valid, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        _valid, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF)
         if crypto_lib.missing():
             result.update(failed=True, msg=crypto_lib.missing())
             return result
@@ -91,13 +124,25 @@ class ActionModule(ActionBase):
 
     @staticmethod
     def _run(args: dict, check_mode: bool) -> dict:
+        now = clock(args["now"])
+        if args["state"] == "placed":
+            return _placed(args, now)
         store = PolicyKeyStore(args["controller_dir"])
         vmid, vm_uuid = args["vmid"], args["vm_uuid"]
         store.path(vmid, vm_uuid)  # validates vmid and uuid before anything happens
         store.refuse_destroyed(vmid, vm_uuid)
         spec = parse_policy(args["policy"])
+        decision = None
+        if args["state"] in ("approved", "granted"):
+            # Decide before anything is created or signed: a refusal changes nothing.
+            ledger = VmLedger.verify(vm_uuid, args["chain"], controller_roots(args["controller_dir"], now))
+            decision = _decide(args, ledger, spec, now)
         changed = False
         if not store.exists(vmid, vm_uuid):
+            if args["state"] != "present" and not args["provision"]:
+                raise PolicyError(
+                    f"no policy key for VM {vmid} ({vm_uuid}) in {store.dir}: only provisioning creates one"
+                )
             if check_mode:
                 return {
                     "changed": True,
@@ -112,16 +157,11 @@ class ActionModule(ActionBase):
             "changed": changed,
             "policy_key": canonical.b64encode(public),
             "key_name": name.hex(),
-            "policy": spec.to_dict(),
+            "policy": spec.to_dict() if decision is None else decision["policy"].to_dict(),
         }
         if args["state"] == "approved":
             node_name, nv_name, epoch = _node_binding(args["node"], args["epoch"])
             selection, digest = _pcr_binding(args["pcrs"])
-            if spec.pcrs is not None and selection != spec.pcrs:
-                raise InputError(
-                    f"the policy binds PCRs {spec.pcrs}, but pcrs gives {selection or 'none'}: pass the node's "
-                    f"pcrs result for that selection (ironclaw_node pcrs={spec.pcrs})"
-                )
             approval = sign_approval(
                 store.load(vmid, vm_uuid),
                 vmid=vmid,
@@ -146,5 +186,45 @@ class ActionModule(ActionBase):
                 target_name=target_name,
                 target_public=target_public,
             )
+            if not check_mode:
+                out["changed"] = MoveJournal(args["controller_dir"]).put(decision["move"]) or out["changed"]
             out["grant"] = grant.to_dict()
+            out["migration"] = decision["move"].to_dict()
         return out
+
+
+def _decide(args: dict, ledger: VmLedger, spec, now) -> dict:
+    """The authority rules (module_utils/_authority/rules.py) for this request."""
+    node = _node_view(args["node_name"], args["node"], "node")
+    if args["state"] == "approved":
+        selection, _digest = _pcr_binding(args["pcrs"])
+        policy = rules.approve_unseal(
+            ledger,
+            node,
+            pcrs=None if selection is None else str(selection),
+            now=now,
+            provision=rules.requested_policy(args["provision"], args["policy"]),
+            move=MoveJournal(args["controller_dir"]).get(ledger.vm_uuid),
+        )
+        return {"policy": policy}
+    rules.requested_policy(args["provision"], args["policy"])
+    target = _node_view(args["target_name"], args["target"], "target")
+    not_after = canonical.parse_timestamp(args["not_after"], "not_after")
+    move = rules.grant_duplication(ledger, node, target, now=now, not_after=not_after)
+    return {"policy": ledger.policy, "move": move}
+
+
+def _placed(args: dict, now) -> dict:
+    """Which of a node's surviving VMs the ledger places on it (re-approve those only)."""
+    node = _node_view(args["node_name"], args["node"], "node")
+    roots = controller_roots(args["controller_dir"], now)
+    vms = [
+        {"vmid": validate.vmid(vm.get("vmid")), "vm_uuid": validate.vm_uuid(vm.get("vm_uuid"))} for vm in args["vms"]
+    ]
+    ledgers = {}
+    for vm in vms:
+        if vm["vm_uuid"] not in args["chains"]:
+            raise InputError(f"chains has no entry for VM {vm['vmid']} ({vm['vm_uuid']}): list its chain first")
+        ledgers[vm["vm_uuid"]] = VmLedger.verify(vm["vm_uuid"], args["chains"][vm["vm_uuid"]], roots)
+    placed, refused = rules.sort_survivors(ledgers, vms, node, now)
+    return {"changed": False, "placed": placed, "refused": refused}

@@ -19,7 +19,10 @@ description:
   - O(state=revoked) runs on the controller. It destroys the VM's policy key and leaves a tombstone, so no approval
     or migration grant can ever be signed for the VM again.
   - O(state=receipted) runs on the controller. It signs a destruction receipt (DSSE, trust-root keys) saying what
-    was destroyed where, how, and which locations could not be reached.
+    was destroyed where, how, and which locations could not be reached; only when this run adds to the newest
+    receipt already issued. With O(signing=offline) the receipt goes through the same request exchange as
+    manifests (O(sign_dir)); the request is written, and the receipts the offline machine signed since are
+    returned for the store.
   - Deleting files is not erasure on SSDs, copy-on-write file systems or Ceph. The guarantee is cryptographic.
 options:
   state:
@@ -74,9 +77,25 @@ options:
   policy_key:
     description: With O(state=receipted), the RV(policy_key) result of O(state=revoked).
     type: dict
-  tombstone:
-    description: With O(state=receipted), the tombstone manifest's C(version) and C(digest).
+  chain_end:
+    description:
+      - With O(state=receipted), the store's newest manifest envelope of the VM
+        (RV(ironclaw.sealed.ironclaw_manifest#module:latest)).
+      - The receipt names the tombstone that ends the chain by C(version) and C(payload_sha256); offline, before
+        the tombstone is signed, from its pending request in O(sign_dir).
     type: dict
+  stored_receipts:
+    description: With O(state=receipted), the VM's receipts already in the store (to issue a new one only when needed).
+    type: list
+    elements: dict
+  signing:
+    description: With O(state=receipted), C(online) signs with this controller's keys, C(offline) exchanges requests.
+    type: str
+    default: online
+    choices: [online, offline]
+  sign_dir:
+    description: With O(signing=offline), the directory where signing requests and signed envelopes are exchanged.
+    type: path
   now:
     description: The clock as C(YYYY-MM-DDTHH:MM:SSZ) instead of the host's (tests).
     type: str
@@ -170,12 +189,24 @@ policy_key:
   description: The destroyed policy key's C(key_name) (when it still existed) and C(destroyed_at).
   returned: when O(state=revoked)
   type: dict
-receipt:
-  description: The signed receipt envelope.
+receipts:
+  description: Signed receipt envelopes to store, oldest first (a new one online; offline, those signed since).
   returned: when O(state=receipted)
-  type: dict
+  type: list
+  elements: dict
+pending:
+  description:
+    - With O(signing=offline), the signing requests (C(path), C(digest)) that wait for the offline machine,
+      the tombstone's included; the task's message then says what to do.
+  returned: when O(state=receipted)
+  type: list
+  elements: dict
+needed:
+  description: Whether this run adds to the newest receipt already issued (and so gets a receipt of its own).
+  returned: when O(state=receipted)
+  type: bool
 document:
-  description: The receipt's content.
+  description: This run's receipt content.
   returned: when O(state=receipted)
   type: dict
 """

@@ -15,7 +15,8 @@ description:
     controller. The signatures, the expiry, the floor (C(<state_dir>/floors/<vm_uuid>.json), which survives a
     restore of an old copy of the VM's directory), the VM's identity from Proxmox (smbios1 uuid, creation time),
     the cluster, and the SHA-256 and size of the keyslot and every blob must match. The manifest must also name
-    the node the keyslot is bound to and, with O(node_name), this node. Otherwise the start is refused.
+    the node the keyslot is bound to and, once the node record is written (O(backend) or O(node_name)), this
+    node. Otherwise the start is refused.
   - The hook fails closed. A VM with the hookscript but no sealed state on the node, no cached manifest, or an error
     of any kind does not start. The hook does not unseal anything, so no TPM command runs at VM start.
   - The hookscript is one file, a Python zipapp run by C(/usr/bin/python3). The collection's action plugin builds it
@@ -24,8 +25,8 @@ description:
 options:
   state:
     description:
-      - C(present) installs the snippet (and the node record with O(node_name)) and, with O(vmid), attaches it to the
-        VM. A VM that already has another hookscript is refused, not overwritten.
+      - C(present) installs the snippet (and the node record with O(backend) or O(node_name)) and, with O(vmid),
+        attaches it to the VM. A VM that already has another hookscript is refused, not overwritten.
       - C(absent) with O(vmid) detaches the hookscript from the VM if it is this one (the snippet stays for other
         VMs). Without O(vmid) it removes the snippet and the node record, refused while a VM of this node still
         uses the snippet (with O(pve)).
@@ -73,8 +74,22 @@ options:
   node_name:
     description:
       - This node's id as manifests record it, in hex, that is the RV(ironclaw.sealed.ironclaw_node#module:srk_name)
-        result. Written to C(<state_dir>/hook/node.json); the hook then also refuses a manifest that names another
-        node, so a VM directory copied whole from another node does not start.
+        result. Written to C(<state_dir>/hook/node.json) (mode 0600); the hook then also refuses a manifest that
+        names another node, so a VM directory copied whole from another node does not start.
+      - Mutually exclusive with O(backend), which reads the id on the node instead.
+    type: str
+  backend:
+    description:
+      - With O(state=present), read this node's id from its backend and write it to C(<state_dir>/hook/node.json)
+        (mode 0600), as O(node_name) would; C(tpm2) reads the SRK name through O(tcti), C(software) the enrollment
+        name under O(state_dir). The node must be enrolled.
+      - Without O(backend) and O(node_name) no node record is written (an existing one is kept).
+    type: str
+    choices: [tpm2, software]
+  tcti:
+    description:
+      - How to reach the TPM with O(backend=tpm2), for example C(device:/dev/tpmrm0).
+      - Defaults to the node's E(IRONCLAW_TCTI) environment variable, then C(device:/dev/tpmrm0).
     type: str
   content:
     description:
@@ -106,12 +121,20 @@ author:
 """
 
 EXAMPLES = r"""
+- name: Install the pre-start hookscript, record this node's id (read from its TPM) and attach it to VM 200
+  ironclaw.sealed.ironclaw_hookscript:
+    vmid: 200
+    cluster: "{{ ironclaw_cluster }}"
+    state_dir: "{{ ironclaw_state_dir }}"
+    backend: tpm2
+    tcti: "{{ ironclaw_tcti }}"
+
 - name: Read the node's id
   ironclaw.sealed.ironclaw_node:
     tcti: "{{ ironclaw_tcti }}"
   register: node_facts
 
-- name: Install the pre-start hookscript and attach it to VM 200
+- name: The same with the id read beforehand
   ironclaw.sealed.ironclaw_hookscript:
     vmid: 200
     cluster: "{{ ironclaw_cluster }}"

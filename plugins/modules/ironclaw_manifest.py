@@ -22,9 +22,11 @@ options:
     description:
       - C(trusted) creates the trust root and its signing keys under O(controller_dir) if absent (or rotates it).
       - C(built) describes the VM's sealed state on the node (no secret is read).
-      - C(signed) signs the next version when the state described by O(statement) differs from O(previous) or
-        O(previous) expires within O(resign_days); with O(request), signs an offline signing request.
-      - C(requests) lists the pending offline signing requests in O(sign_dir).
+      - C(signed) signs the next version when the state described by O(statement) differs from the newest of
+        O(chain) or that one expires within O(resign_days). Without O(statement), on the offline machine, signs the
+        pending requests of O(sign_dir) the operator confirmed (O(confirm), or O(answer) to a prompt that showed
+        O(shown)); nothing else is signed.
+      - C(requests) lists the pending offline signing requests in O(sign_dir), every field of each.
       - C(stored) appends O(envelope) to the store (version must be the floor + 1), puts O(trust_roots) there,
         and appends O(receipt).
       - C(listed) returns a VM's chain, floor and the store's trust roots.
@@ -93,9 +95,27 @@ options:
   statement:
     description: With O(state=signed), the RV(statement) of O(state=built).
     type: dict
-  previous:
-    description: With O(state=signed), the store's newest envelope for the VM (RV(latest) of O(state=listed)).
-    type: dict
+  chain:
+    description:
+      - With O(state=signed), the VM's chain from the store, oldest first (RV(chain) of O(state=listed)); an empty list
+        for a VM never recorded. Verified against the controller's own trust root; the next version extends its newest
+        envelope, and is signed only if the VM's ledger allows it (a first version while provisioning, the node the
+        ledger places the VM on, or the migration this controller granted last).
+    type: list
+    elements: dict
+  provision:
+    description: With O(state=signed), the VM is being provisioned; the new version records O(policy).
+    type: bool
+    default: false
+  policy:
+    description:
+      - With O(state=signed) and O(provision), the VM's policy to record (C(migratable), C(pcrs)), a dict or the string
+        form V(migratable=true;pcrs=sha256:7). Every other version keeps the policy the newest manifest records.
+    type: raw
+  vm_uuids:
+    description: With O(state=listed), list the chains of these VMs (RV(chains)).
+    type: list
+    elements: str
   signing:
     description:
       - With O(state=signed), C(online) signs with this controller's keys, C(offline) exchanges requests.
@@ -107,11 +127,37 @@ options:
   sign_dir:
     description: Directory where offline signing requests and signed envelopes are exchanged.
     type: path
-  request:
-    description: With O(state=signed) on the offline machine, a signing request file to sign.
-    type: path
+  allow_pending:
+    description:
+      - With O(state=signed) and O(signing=offline), return RV(pending) (the request written or still unsigned)
+        instead of failing, so that a playbook can request several signatures in one run.
+    type: bool
+    default: false
+  confirm:
+    description:
+      - With O(state=signed) on the offline machine, the requests to sign, each named by a prefix of its digest
+        (SHA-256 of its payload, as C(requests) shows it) of at least 16 hex characters.
+      - A prefix that matches no pending request or several, or is too short, fails and nothing is signed.
+    type: list
+    elements: str
+  answer:
+    description:
+      - With O(state=signed) on the offline machine and no O(confirm), what the operator typed at the prompt;
+        C(yes) confirms exactly the digests of O(shown); digest prefixes confirm those requests; empty or
+        C(no) confirms nothing (nothing is signed, and the task says so).
+    type: str
+  shown:
+    description: The request digests the prompt showed (RV(requests) of O(state=requests)).
+    type: list
+    elements: str
   expires_days:
     description: Lifetime of a new manifest.
+    type: int
+    default: 90
+  max_days:
+    description:
+      - The longest lifetime (expires - issued_at) signed, in days (at most 366). A longer one is refused with
+        nothing signed, online and on the offline machine alike.
     type: int
     default: 90
   resign_days:
@@ -205,12 +251,23 @@ version:
   description: The version of the new manifest.
   returned: when O(state=signed) made one
   type: int
+pending:
+  description: The signing request still waiting for the offline machine (path and digest), or null.
+  returned: when O(state=signed) with O(statement), O(signing=offline) and O(allow_pending=true)
+  type: dict
+signed:
+  description: The requests signed on the offline machine, each with C(path), C(digest) and C(summary).
+  returned: when O(state=signed) without O(statement)
+  type: list
+  elements: dict
 reason:
   description: Why a new version was (or was not) made.
   returned: when O(state=signed) with O(statement)
   type: str
 requests:
-  description: Pending signing requests, each with C(path) and C(summary) (VM, version, node, blob names and hashes).
+  description:
+    - Pending signing requests, each with C(path), C(digest) (SHA-256 of the payload), C(kind) (manifest or
+      receipt), C(headline) (one line), C(summary) (every field) and C(refused) (why it would not be signed, or null).
   returned: when O(state=requests)
   type: list
   elements: dict
@@ -222,6 +279,16 @@ trust_roots:
 trust_root:
   description: The current trust root's version, threshold, key ids and expiry.
   returned: when O(state=trusted)
+  type: dict
+chain:
+  description: Every envelope of the VM's chain in the store, oldest first (what O(state=signed) and the controller's
+    approvals and grants decide from).
+  returned: when O(state=listed) with O(vm_uuid)
+  type: list
+  elements: dict
+chains:
+  description: The chains of O(vm_uuids), by uuid.
+  returned: when O(state=listed) with O(vm_uuids)
   type: dict
 latest:
   description: The VM's newest envelope in the store, or null.
@@ -241,7 +308,8 @@ receipts:
   type: list
   elements: dict
 history:
-  description: Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count).
+  description:
+    Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count, policy).
   returned: when O(state=listed)
   type: list
   elements: dict

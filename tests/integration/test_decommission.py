@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -33,6 +34,33 @@ def lab(tmp_path, playbook_tools):
         )
         lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
         lab.run("enroll")
+        yield lab
+
+
+@pytest.fixture
+def moved_lab(tmp_path, playbook_tools):
+    """Two swtpm nodes; VM GONE provisioned on nodeA, migrated to nodeB, and a backup of nodeA's revoked copy
+    put back there: the VM's history names both nodes and both hold files of it."""
+    with Swtpm() as tpm_a, Swtpm() as tpm_b:
+        lab = Lab(
+            tmp_path,
+            [
+                Node("nodeA", "tpm2", tmp_path / "nodeA", DEBIAN_PYTHON, tcti=tpm_a.tcti),
+                Node("nodeB", "tpm2", tmp_path / "nodeB", sys.executable, tcti=tpm_b.tcti),
+            ],
+        )
+        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
+        lab.run("enroll")
+        lab.provision("nodeA", GONE)
+        saved = tmp_path / "backup-nodeA"
+        shutil.copytree(lab.vm_dir("nodeA", GONE), saved)
+        uuid = vm_uuid_of("nodeA", GONE)
+        lab.run(
+            "migrate",
+            *("-e", f"ironclaw_vmid={GONE}", "-e", f"ironclaw_vm_uuid={uuid}"),
+            *("-e", "ironclaw_source=nodeA", "-e", "ironclaw_target=nodeB"),
+        )
+        shutil.copytree(saved, lab.vm_dir("nodeA", GONE))
         yield lab
 
 
@@ -118,11 +146,9 @@ def test_rerun_changes_nothing_and_check_mode_destroys_nothing(lab: Lab):
     assert len(receipts(lab, "nodeB", GONE)) == 1
 
 
-def test_receipt_verifies_and_lists_every_node_of_the_history(lab: Lab):
+def test_receipt_verifies_and_lists_every_node_of_the_history(moved_lab: Lab):
+    lab = moved_lab
     uuid = vm_uuid_of("nodeA", GONE)
-    lab.provision("nodeA", GONE)
-    # The VM's state later recorded on nodeB too (as after a move): its history names both nodes.
-    lab.run("provision", *lab.vm_args("nodeB", GONE, vm_uuid=uuid, secrets_file=lab.secrets_file))
     decommission(lab, GONE)
     (receipt,) = receipts(lab, "nodeA", GONE)
     assert receipt["vm"]["vm_uuid"] == uuid and receipt["final"] is True
@@ -130,7 +156,9 @@ def test_receipt_verifies_and_lists_every_node_of_the_history(lab: Lab):
     assert {loc["status"] for loc in receipt["locations"]} == {"destroyed"}
     for loc in receipt["locations"]:
         assert loc["evidence"]["epoch_after"] == loc["evidence"]["epoch_before"] + 1
-    assert receipt["tombstone"]["destroyed"] is True
+    # The receipt names the tombstone that ends the chain by version and payload digest.
+    end = dsse.parse_envelope(lab.store_chain("nodeA", GONE)[-1].read_bytes(), "tombstone")
+    assert receipt["tombstone"] == {"version": 3, "payload_sha256": hashlib.sha256(end.payload).hexdigest()}
     assert [s["state"] for s in receipt["key_states"]] == ["active", "deactivated", "destroyed"]
     assert not lab.vm_dir("nodeA", GONE).exists() and not lab.vm_dir("nodeB", GONE).exists()
 
@@ -151,10 +179,8 @@ def test_vmid_reused_with_a_new_uuid_while_the_old_one_stays_tombstoned(lab: Lab
     assert "was used by several VMs" in ambiguous.stdout
 
 
-def test_unreachable_node_is_listed_and_a_rerun_finishes(lab: Lab):
-    uuid = vm_uuid_of("nodeA", GONE)
-    lab.provision("nodeA", GONE)
-    lab.run("provision", *lab.vm_args("nodeB", GONE, vm_uuid=uuid, secrets_file=lab.secrets_file))
+def test_unreachable_node_is_listed_and_a_rerun_finishes(moved_lab: Lab):
+    lab = moved_lab
     inventory = json.loads(lab.inventory.read_text())
     hosts = inventory["all"]["children"]["ironclaw_nodes"]["hosts"]
     saved = dict(hosts["nodeB"])

@@ -105,10 +105,13 @@ def test_offline_signing_round_trip(small_lab: Lab):
         for marker in leak_markers(plaintext):
             assert marker not in text, "a signing request must hold no secret"
     summary = json.loads(text)["summary"]
-    assert summary["vmid"] == VMID and summary["version"] == 1
+    assert summary["subject"]["vmid"] == VMID and summary["version"] == 1
     assert sorted(b["name"] for b in summary["blobs"]) == ["api-token", "db-pass", "master-key"]
 
-    signing = lab.run("sign", "-e", f"ironclaw_controller_dir={offline}", "-e", f"ironclaw_sign_dir={sign_dir}")
+    confirm = json.dumps({"ironclaw_sign_confirm": [summary["digest"][:16]]})
+    signing = lab.run(
+        "sign", "-e", f"ironclaw_controller_dir={offline}", "-e", f"ironclaw_sign_dir={sign_dir}", "-e", confirm
+    )
     assert "master-key" in signing.stdout, "the signer is shown what it signs"
     assert list(sign_dir.glob("*.signed.json"))
 

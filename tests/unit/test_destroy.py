@@ -208,7 +208,7 @@ def receipt_doc(**changes):
         "vm_uuid": GONE[1],
         "cluster": "lab",
         "policy_key": {"key_name": "000b" + "00" * 32, "destroyed_at": NOW, "status": "destroyed"},
-        "tombstone": {"version": 2, "digest": "ab" * 32, "destroyed": True},
+        "tombstone": {"version": 2, "payload_sha256": "ab" * 32},
         "locations": [
             {"node": "b", "status": "destroyed", "evidence": {"destroyed_at": NOW}},
             {"node": "a", "status": "unreachable", "evidence": None},

@@ -9,11 +9,13 @@ stub qm/pvesh commands that print the same recordings.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -119,14 +121,17 @@ class Node:
 
     def publish(self, *, expires: datetime = NOW + 30 * DAY) -> dsse.Envelope:
         """Sign the next manifest of the VM's current files, verify it on the node and cache it (provision does)."""
-        statement = payload.make_statement(
-            describe_vm(self.state_dir, VMID, UUID),
-            vmid=VMID,
-            vm_uuid=UUID,
-            vm_ctime=CTIME,
-            cluster=CLUSTER,
-            node_name="pve1",
-            node_id=self.node_id,
+        statement = payload.with_policy(
+            payload.make_statement(
+                describe_vm(self.state_dir, VMID, UUID),
+                vmid=VMID,
+                vm_uuid=UUID,
+                vm_ctime=CTIME,
+                cluster=CLUSTER,
+                node_name="pve1",
+                node_id=self.node_id,
+            ),
+            payload.RecordedPolicy(migratable=True, pcrs=None),
         )
         prev = envelope_digest(self.chain[-1]) if self.chain else None
         manifest = payload.new_manifest(
@@ -446,3 +451,53 @@ def test_config_is_strict():
     ):
         with pytest.raises((FormatError, InputError), match=message):
             parse_config(bad)
+
+
+# -- the node record the installer writes ------------------------------------------------------------------
+
+
+def test_vm_dir_copied_from_another_node_refused_by_the_record_ironclaw_hookscript_wrote(node, tmp_path):
+    """Another node of the cluster gets this node's whole VM state; the hook installed there refuses it."""
+    pytest.importorskip("ansible", reason="the module's option set comes from ansible-core (controller venv)")
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscript_states import (  # noqa: PLC0415
+        SPEC,
+        hookscript_state,
+    )
+
+    other = str(tmp_path / "other")
+    with open_backend("software", tcti=None, state_dir=other) as backend:
+        backend.provision()
+        other_id = backend.identity()[0].hex()
+    for entry in os.listdir(node.state_dir):  # the VM's files, its cached manifest, floors, trust roots
+        if entry != "node":
+            shutil.copytree(os.path.join(node.state_dir, entry), os.path.join(other, entry))
+    # The gap the record closes: on its own the copy is consistent (keyslot and manifest name the same node).
+    assert prestart.check_start(other, VMID, CLUSTER, NOW, proxmox()) == VERIFIED
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    settings = {"state_dir": other, "cluster": CLUSTER, "qm": write_stub(bin_dir, "qm")}
+    settings["pvesh"] = write_stub(bin_dir, "pvesh")
+    p = {name: option.get("default") for name, option in SPEC.items()}
+    p.update(
+        state_dir=other,
+        snippets_dir=str(tmp_path / "snippets"),
+        content=base64.b64encode(build_hookscript(settings)).decode(),
+        backend="software",
+        pve=False,
+    )
+    installed = hookscript_state(p, False, None)
+    record = node_record_path(other)
+    assert installed["diff"]["after"]["node_id"] == other_id
+    assert Path(record).read_bytes() == node_record_to_bytes(other_id)
+    assert stat.S_IMODE(os.stat(record).st_mode) == 0o600
+    assert hookscript_state(p, False, None)["changed"] is False
+
+    with pytest.raises(VerificationError, match=f"this is node {other_id[:20]}.*copied from another node"):
+        prestart.check_start(other, VMID, CLUSTER, NOW, proxmox())
+    if os.access(DEBIAN_PYTHON, os.X_OK):  # the snippet as Proxmox runs it
+        argv = [DEBIAN_PYTHON, "-I", installed["path"], str(VMID), "pre-start"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env={"PATH": "/usr/bin"})
+        assert proc.returncode == 1 and "copied from another node" in proc.stderr, proc.stderr
+    # The node the state belongs to still starts it.
+    assert node.check() == VERIFIED

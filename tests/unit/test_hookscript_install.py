@@ -19,6 +19,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscrip
     hookscript_state,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (  # noqa: E402
+    BackendError,
     FormatError,
     InputError,
     ProxmoxError,
@@ -171,9 +172,38 @@ def test_absent_removes_snippet_and_node_record_unless_a_vm_uses_it(tmp_path):
         ({"storage": "local:x"}, "storage must be a Proxmox storage name"),
         ({"node_name": "00"}, "node_name: expected lowercase hex of exactly 34 bytes"),
         ({"content": "not base64!"}, "content: expected base64"),
+        ({"node_name": NODE_ID, "backend": "software"}, "give node_name or backend, not both"),
     ],
 )
 def test_bad_options_are_refused(tmp_path, change, message):
     with pytest.raises((InputError, FormatError), match=message):
         hookscript_state(params(tmp_path, **change), False, None)
     assert not os.path.exists(tmp_path / "snippets")
+
+
+@pytest.mark.swtpm
+def test_present_with_backend_records_the_tpms_srk_name_0600_and_check_mode_writes_nothing(tmp_path, swtpm):
+    pytest.importorskip("tpm2_pytss")
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode  # noqa: PLC0415
+
+    with TpmNode(swtpm.tcti) as tpm:
+        tpm.provision()
+        srk_name = tpm.name(tpm.srk()).hex()
+    p = params(tmp_path, backend="tpm2", tcti=swtpm.tcti)
+    planned = hookscript_state(p, True, None)
+    assert planned["diff"]["after"]["node_id"] == srk_name and read_node_id(p["state_dir"]) is None
+    assert hookscript_state(p, False, None)["changed"] is True
+    assert read_node_id(p["state_dir"]) == srk_name
+    record = Path(p["state_dir"]) / "hook" / "node.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    record.chmod(0o644)
+    assert hookscript_state(p, False, None)["changed"] is True
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert hookscript_state(p, False, None)["changed"] is False
+
+
+def test_present_with_backend_on_a_node_not_enrolled_is_refused(tmp_path):
+    p = params(tmp_path, backend="software")
+    with pytest.raises(BackendError):
+        hookscript_state(p, False, None)
+    assert not os.path.exists(tmp_path / "snippets") and read_node_id(p["state_dir"]) is None

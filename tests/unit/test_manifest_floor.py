@@ -35,6 +35,7 @@ def statement(token_sha: str) -> dict:
             "keyslot": {"name": "keyslot.json", "sha256": "22" * 32, "keyslot_id": "33" * 16},
             "blobs": [{"name": "api-token", "sha256": token_sha, "size": 10, "generation": 1}],
             "state": "active",
+            "policy": {"migratable": True, "pcrs": None},
         }
     )
 

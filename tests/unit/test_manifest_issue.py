@@ -29,6 +29,7 @@ def statement(token_sha: str = "aa" * 32) -> dict:
             "keyslot": {"name": "keyslot.json", "sha256": "22" * 32, "keyslot_id": "33" * 16},
             "blobs": [{"name": "api-token", "sha256": token_sha, "size": 10, "generation": 1}],
             "state": "active",
+            "policy": {"migratable": True, "pcrs": None},
         }
     )
 
@@ -91,12 +92,14 @@ def test_request_round_trip_and_stale_request_replaced(tmp_path):
     manifest = next_manifest(statement(), None, now=NOW, expires_days=90, resign_days=30)[0]
     envelope, path = requests.exchange(sign_dir, manifest)
     assert envelope is None and path.endswith(f"{UUID}-v1.request.json")
-    assert [r["summary"]["version"] for r in requests.pending_requests(sign_dir)] == [1]
+    (pending,) = requests.pending_requests(sign_dir)
+    assert pending.summary["version"] == 1
     # The same state again (new issued_at, new id) keeps the pending request: its payload is what gets signed.
     again = next_manifest(statement(), None, now=NOW + timedelta(hours=1), expires_days=90, resign_days=30)[0]
     assert requests.exchange(sign_dir, again) == (None, path)
-    signed_path, summary = requests.sign_request(path, [KEY])
-    assert summary["blobs"] == [{"name": "api-token", "sha256": "aa" * 32}]
+    (done,) = requests.sign_confirmed(sign_dir, [KEY], confirm=[pending.digest], answer=None, shown=None, max_days=90)
+    signed_path = done.signed_path
+    assert done.summary["blobs"] == [{"name": "api-token", "sha256": "aa" * 32, "size": 10, "generation": 1}]
     assert requests.pending_requests(sign_dir) == []
     envelope, returned = requests.exchange(sign_dir, again)
     assert returned == signed_path and payload.parse_manifest(envelope.payload, "m").manifest_id == manifest.manifest_id
@@ -115,7 +118,7 @@ def test_altered_request_summary_is_refused(tmp_path):
     with open(path, "w") as fh:
         fh.write(json.dumps(doc, sort_keys=True, separators=(",", ":")))
     with pytest.raises(FormatError, match="summary does not describe the payload"):
-        requests.sign_request(path, [KEY])
+        requests.sign_confirmed(sign_dir, [KEY], confirm=None, answer="yes", shown=[], max_days=90)
 
 
 def test_signed_file_for_another_payload_is_refused(tmp_path):

@@ -88,14 +88,17 @@ class Lab:
         return describe_vm(self.state_dir, vmid, uuid)
 
     def manifest(self, vmid=VMID, uuid=UUID, *, version=1, prev=None, issued_at=NOW - DAY, **statement_changes):
-        statement = payload.make_statement(
-            self.actual(vmid, uuid),
-            vmid=vmid,
-            vm_uuid=uuid,
-            vm_ctime=CTIME,
-            cluster=CLUSTER,
-            node_name="node-a",
-            node_id=self.node_id,
+        statement = payload.with_policy(
+            payload.make_statement(
+                self.actual(vmid, uuid),
+                vmid=vmid,
+                vm_uuid=uuid,
+                vm_ctime=CTIME,
+                cluster=CLUSTER,
+                node_name="node-a",
+                node_id=self.node_id,
+            ),
+            payload.RecordedPolicy(migratable=True, pcrs=None),
         )
         statement.update(statement_changes)
         return payload.new_manifest(statement, version=version, prev=prev, issued_at=issued_at, expires=NOW + 30 * DAY)
@@ -492,7 +495,7 @@ def test_manifest_round_trip_and_statement(lab):
     manifest = lab.manifest()
     assert payload.parse_manifest(manifest.to_bytes(), "m") == manifest
     statement = payload.statement_of(manifest)
-    assert set(statement) == {"subject", "node", "keyslot", "blobs", "state"}
+    assert set(statement) == {"subject", "node", "keyslot", "blobs", "state", "policy"}
     assert payload.check_statement(statement) == statement
     # A re-issued manifest of the same state has the same statement; a re-seal changes it.
     assert payload.statement_of(lab.manifest(version=2, prev="00" * 32)) == statement

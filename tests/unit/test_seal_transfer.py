@@ -354,14 +354,17 @@ def test_target_equal_to_source_is_refused(cluster):
 
 
 def _signed_manifest(node: Node):
-    statement = payload.make_statement(
-        describe_vm(node.state_dir, *VM),
-        vmid=VM[0],
-        vm_uuid=VM[1],
-        vm_ctime=None,
-        cluster="lab",
-        node_name=node.name,
-        node_id=node.vm().keyslot().node_name,
+    statement = payload.with_policy(
+        payload.make_statement(
+            describe_vm(node.state_dir, *VM),
+            vmid=VM[0],
+            vm_uuid=VM[1],
+            vm_ctime=None,
+            cluster="lab",
+            node_name=node.name,
+            node_id=node.vm().keyslot().node_name,
+        ),
+        payload.RecordedPolicy(migratable=True, pcrs=None),
     )
     manifest = payload.new_manifest(
         statement, version=1, prev=None, issued_at=NOW - timedelta(days=1), expires=NOW + timedelta(days=30)

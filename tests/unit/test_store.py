@@ -48,6 +48,7 @@ def statement(vmid=100, uuid=UUID_A, blob_sha="11" * 32) -> dict:
         "keyslot": {"name": "keyslot.json", "sha256": "22" * 32, "keyslot_id": "33" * 16},
         "blobs": [{"name": "token", "sha256": blob_sha, "size": 120, "generation": 1}],
         "state": "active",
+        "policy": {"migratable": True, "pcrs": None},
     }
 
 

@@ -54,7 +54,8 @@ CEILINGS = {
     "install_approval": 4,
     # lookups (4; the target's name is computed in software), grant signature check (LoadExternal,
     # VerifySignature, flush), Load, LoadExternal(target SRK), policy session (StartAuthSession,
-    # PolicyDuplicationSelect, PolicyNV, PolicyAuthorize), one Duplicate, 3 flushes
+    # PolicyDuplicationSelect, PolicySecret, PolicyNV, PolicyAuthorize), one Duplicate (it ends the
+    # session), 2 flushes
     "export": 17,
     # lookups (4), one Import, then the unseal step's test-unseal without its lookups (12)
     "import": 17,

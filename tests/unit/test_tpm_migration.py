@@ -21,6 +21,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.keyname im
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import sign_approval, sign_grant
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.verify import check_grant
+from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm import compat
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm import keyslot as tpm_keyslot
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.duplicate import duplicate_to, import_here
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
@@ -124,8 +125,10 @@ def test_duplicate_policy_digest_matches_the_tpm(pair):
     try:
         nv = a.epoch_nv()
         a.ctx.policy_duplication_select(sess, b"", b.name(b.srk()), False)
+        compat.policy_secret(a.ctx, a.srk(), sess)
         a.ctx.policy_nv(nv, nv, sess, pd.epoch_operand(a.epoch()), 0, t.TPM2_EO.EQ)
-        assert bytes(a.ctx.policy_get_digest(sess)) == pd.duplicate_policy(b.name(b.srk()), a.name(nv), a.epoch())
+        expected = pd.duplicate_policy(b.name(b.srk()), a.name(a.srk()), a.name(nv), a.epoch())
+        assert bytes(a.ctx.policy_get_digest(sess)) == expected
     finally:
         a.ctx.flush_context(sess)
 
@@ -156,7 +159,7 @@ def test_grant_for_another_vm_is_refused(pair):
     other = ec.generate_private_key(ec.SECP256R1())  # another VM's policy key
     slot = seal_on(a, key)
     _vrk, public, private, key_public, key_name = slot
-    approved = pd.duplicate_policy(b.name(b.srk()), a.name(a.epoch_nv()), a.epoch())
+    approved = pd.duplicate_policy(b.name(b.srk()), a.name(a.srk()), a.name(a.epoch_nv()), a.epoch())
     r, s = signed(other, approved)
     with pytest.raises(TpmError):
         duplicate_to(
@@ -229,7 +232,8 @@ def test_grant_format_is_strict(pair):
         ({"policy_ref": "ironclaw:vm:00000000-0000-4000-8000-000000000000"}, "policy_ref"),
         ({"extra": 1}, "extra"),
         ({"epoch": True}, "epoch"),
-        ({"format": "ironclaw-grant/2"}, "ironclaw-grant/2"),
+        ({"format": "ironclaw-grant/3"}, "ironclaw-grant/3"),
+        ({"format": "ironclaw-grant/1"}, "no longer accepted: its duplication policy does not bind the source"),
         ({"target_public": ""}, "target_public"),
     ):
         with pytest.raises(FormatError, match=message):

@@ -7,12 +7,15 @@ from __future__ import annotations
 import hashlib
 import os
 
+from ansible.module_utils.basic import env_fallback
+
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import DEFAULT_STATE_DIR
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError, InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._hook import install
 from ansible_collections.ironclaw.sealed.plugins.module_utils._hook.node_record import check_node_id, read_node_id
+from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import BACKENDS, open_backend
 
 DEFAULT_CLUSTER = "default"
 SPEC = {
@@ -25,6 +28,9 @@ SPEC = {
     "vmid": {"type": "int"},
     "pve": {"type": "bool", "default": True},
     "node_name": {"type": "str"},
+    # With backend (and no node_name) the module reads this node's id itself and records it.
+    "backend": {"type": "str", "choices": list(BACKENDS)},
+    "tcti": {"type": "str", "fallback": (env_fallback, ["IRONCLAW_TCTI"])},
     # Not secret: no_log keeps the (large) hookscript out of logs and results.
     "content": {"type": "str", "no_log": True},
 }
@@ -37,6 +43,18 @@ def _recorded_node_id(state_dir: str) -> str | None:
         return "(unreadable)"
 
 
+def this_node_id(p: dict) -> str | None:
+    """The node id to record in hook/node.json: node_name as given, or read from the node's backend, or None."""
+    if p["node_name"] is not None and p["backend"] is not None:
+        raise InputError("give node_name or backend, not both: with backend the module reads this node's id itself")
+    if p["node_name"] is not None:
+        return check_node_id(p["node_name"], "node_name")
+    if p["backend"] is None or p["state"] != "present":
+        return None
+    with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend:
+        return backend.identity()[0].hex()
+
+
 def hookscript_state(p: dict, check_mode: bool, cli) -> dict:
     """Install (present) or remove (absent) the hookscript; `cli` is None when Proxmox is not to be asked."""
     volid = install.volid_of(p["storage"], p["file"])
@@ -44,7 +62,7 @@ def hookscript_state(p: dict, check_mode: bool, cli) -> dict:
     vmid = None if p["vmid"] is None else validate.vmid(p["vmid"])
     if vmid is not None and cli is None:
         raise InputError("vmid needs pve=true: the hookscript is attached to a VM with qm on a Proxmox VE node")
-    node_id = None if p["node_name"] is None else check_node_id(p["node_name"], "node_name")
+    node_id = this_node_id(p)
     before = {"snippet_sha256": install.snippet_digest(path), "node_id": _recorded_node_id(p["state_dir"])}
     if vmid is not None:
         before["hookscript"] = cli.config(vmid).get("hookscript")

@@ -53,11 +53,18 @@ SPEC = {
     "create": {"type": "bool", "default": True},
     "root_expires_days": {"type": "int", "default": 365},
     "statement": {"type": "dict"},
-    "previous": {"type": "dict"},
+    "chain": {"type": "list", "elements": "dict"},
+    "policy": {"type": "raw"},
+    "provision": {"type": "bool", "default": False},
+    "vm_uuids": {"type": "list", "elements": "str"},
     "signing": {"type": "str", "default": "online", "choices": ["online", "offline"]},
     "sign_dir": {"type": "path"},
-    "request": {"type": "path"},
+    "allow_pending": {"type": "bool", "default": False},
+    "confirm": {"type": "list", "elements": "str"},
+    "answer": {"type": "str"},
+    "shown": {"type": "list", "elements": "str"},
     "expires_days": {"type": "int", "default": 90},
+    "max_days": {"type": "int", "default": 90},
     "resign_days": {"type": "int", "default": 30},
     "store_dir": {"type": "path"},
     "envelope": {"type": "dict"},
@@ -156,16 +163,25 @@ def envelope_vm_uuid(envelope) -> str:
 def listed(p: dict, _check_mode: bool) -> dict:
     _need(p, "store_dir")
     store = Store(p["store_dir"])
-    if p["vm_uuid"] is None and p["vmid"] is None:
-        raise InputError("state=listed needs vm_uuid or vmid")
-    uuids = [p["vm_uuid"]] if p["vm_uuid"] else store.find(p["vmid"])
+    if p["vm_uuid"] is None and p["vmid"] is None and p["vm_uuids"] is None:
+        raise InputError("state=listed needs vm_uuid, vmid or vm_uuids")
     out = {"changed": False, "trust_roots": [dsse.envelope_to_dict(env) for env in store.root_envelopes()]}
+    if p["vm_uuids"] is not None:
+        # Several VMs' chains at once (a node's survivors after an epoch bump): the controller verifies them.
+        out["chains"] = {
+            uuid: [dsse.envelope_to_dict(env) for env, _manifest in store.chain(uuid)] for uuid in p["vm_uuids"]
+        }
+        return out
+    uuids = [p["vm_uuid"]] if p["vm_uuid"] else store.find(p["vmid"])
     if p["vm_uuid"] is None:
         out["vms"] = [{"vm_uuid": uuid, "history": _history(store, uuid)} for uuid in uuids]
         return out
-    latest = store.latest(p["vm_uuid"])
+    chain = store.chain(p["vm_uuid"])
+    latest = chain[-1] if chain else None
     floor = store.floor(p["vm_uuid"])
     out.update(
+        # Every envelope, oldest first: the controller decides from the whole chain, verified on its side.
+        chain=[dsse.envelope_to_dict(env) for env, _manifest in chain],
         latest=dsse.envelope_to_dict(latest[0]) if latest else None,
         floor=floor._asdict() if floor else None,
         history=_history(store, p["vm_uuid"]),
@@ -185,6 +201,7 @@ def _history(store: Store, vm_uuid: str) -> list[dict]:
             "state": m.state,
             "node": m.node.name,
             "blobs": len(m.blobs),
+            "policy": m.policy.to_dict(),
             "migration": None if m.migration is None else m.migration.__dict__,
         }
         for m in store.history(vm_uuid)

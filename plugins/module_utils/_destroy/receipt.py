@@ -9,6 +9,7 @@ active to deactivated (approvals revoked by the epoch bumps) to destroyed
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
@@ -16,9 +17,22 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 
-RECEIPT_FORMAT = "ironclaw-destruction-receipt/1"
+RECEIPT_FORMAT = "ironclaw-destruction-receipt/2"
 RECEIPT_PAYLOAD_TYPE = "application/vnd.ironclaw.receipt.v1+json"
 LOCATION_STATUSES = ("destroyed", "already-destroyed", "unreachable")
+_FIELDS = {
+    "format": str,
+    "receipt_id": str,
+    "issued_at": str,
+    "vm": dict,
+    "policy_key": dict,
+    "tombstone": (dict, type(None)),
+    "locations": list,
+    "unreachable": list,
+    "final": bool,
+    "key_states": list,
+    "erasure": str,
+}
 
 
 def build_receipt(
@@ -31,7 +45,8 @@ def build_receipt(
     locations: list[dict],
     issued_at: str,
 ) -> dict:
-    """The receipt document; `locations` are {node, status, evidence} with status in LOCATION_STATUSES."""
+    """The receipt document; `locations` are {node, status, evidence} with status in LOCATION_STATUSES,
+    `tombstone` is tombstone_ref() of the manifest that ends the VM's chain (None before there is one)."""
     for location in locations:
         if location.get("status") not in LOCATION_STATUSES or not location.get("node"):
             raise InputError(f"a receipt location needs node and a status in {LOCATION_STATUSES}: {location!r}")
@@ -61,6 +76,42 @@ def build_receipt(
     }
 
 
+def parse_receipt(data: bytes, what: str) -> dict:
+    """A receipt document from its payload bytes (format checked; strict canonical JSON)."""
+    document = canonical.loads(data, what)
+    canonical.require_format(document, RECEIPT_FORMAT, what)
+    canonical.require_fields(document, _FIELDS, what)
+    canonical.hex_bytes(document["receipt_id"], f"{what}: field 'receipt_id'", 16)
+    canonical.timestamp_field(document["issued_at"], what, "issued_at")
+    return document
+
+
+def tombstone_ref(manifest, payload: bytes) -> dict:
+    """How a receipt names the tombstone that ends the VM's chain: its version and the SHA-256 of its payload.
+    The payload, not the envelope: with offline signing the receipt is requested before the tombstone comes
+    back signed, and the payload is what the signatures cover."""
+    return {"version": manifest.version, "payload_sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def adds_to(current: dict, newest: dict | None) -> bool:
+    """Whether this run's receipt document tells more than `newest`, the newest receipt already issued (stored,
+    or waiting for its offline signature): something was destroyed in this run, the key was destroyed now, a
+    node it did not list or listed as unreachable has been dealt with since, or the chain's end differs.
+    A re-run that only finds everything already destroyed (or the same nodes still unreachable) adds nothing."""
+    if newest is None:
+        return True
+    if current["policy_key"].get("status") == "destroyed" or current["tombstone"] != newest.get("tombstone"):
+        return True
+    before = {location["node"]: location["status"] for location in newest.get("locations", [])}
+    for location in current["locations"]:
+        status, was = location["status"], before.get(location["node"])
+        if was is None or status == "destroyed":
+            return True
+        if status == "already-destroyed" and was == "unreachable":
+            return True
+    return False
+
+
 def sign_receipt(document: dict, private_keys) -> dsse.Envelope:
     return dsse.sign(canonical.dumps(document), RECEIPT_PAYLOAD_TYPE, private_keys)
 
@@ -68,6 +119,4 @@ def sign_receipt(document: dict, private_keys) -> dsse.Envelope:
 def verify_receipt(envelope: dsse.Envelope, root) -> dict:
     """The receipt document if a threshold of the trust root signed it."""
     data = dsse.verify_threshold(envelope, RECEIPT_PAYLOAD_TYPE, root.keys, root.threshold, "destruction receipt")
-    document = canonical.loads(data, "destruction receipt")
-    canonical.require_format(document, RECEIPT_FORMAT, "destruction receipt")
-    return document
+    return parse_receipt(data, "destruction receipt")

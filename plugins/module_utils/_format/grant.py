@@ -1,7 +1,11 @@
 # Copyright: ironclaw.sealed contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The duplication grant: the VM's policy key allows its keyslot to move from one node (at its epoch) to one
-target node, and nowhere else. Canonical JSON, strictly parsed like the approval."""
+target node, and nowhere else. Canonical JSON, strictly parsed like the approval.
+
+Version 2: the signed policy also names the source's SRK (PolicySecret), so only the source's own TPM can
+use the grant. A version 1 grant does not bind the source TPM and is refused.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._format import can
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import MAX_EPOCH, signed_policy_fields
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import policy_ref
 
-GRANT_FORMAT = "ironclaw-grant/1"
+GRANT_FORMAT = "ironclaw-grant/2"
+_REFUSED_FORMATS = {
+    "ironclaw-grant/1": "its duplication policy does not bind the source node's TPM",
+}
 _FIELDS = {
     "format": str,
     "vmid": int,
@@ -68,6 +75,11 @@ class Grant:
 
 
 def grant_from_dict(doc: object, what: str) -> Grant:
+    if isinstance(doc, dict) and doc.get("format") in _REFUSED_FORMATS:
+        raise FormatError(
+            f"{what}: format '{doc['format']}' is no longer accepted: {_REFUSED_FORMATS[doc['format']]}. "
+            f"Have the controller sign a new grant ('{GRANT_FORMAT}'): re-run the migrate playbook"
+        )
     common = signed_policy_fields(doc, GRANT_FORMAT, _FIELDS, what)
     target_public = canonical.b64decode(doc["target_public"], f"{what}: field 'target_public'")
     if not target_public:

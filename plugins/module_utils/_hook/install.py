@@ -26,6 +26,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._hook.node_record 
 )
 
 SNIPPET_MODE = 0o755
+NODE_RECORD_MODE = 0o600
 MAX_SNIPPET = 8 * 1024 * 1024
 _STORAGE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -71,18 +72,19 @@ def remove_snippet(path: str, check_mode: bool) -> bool:
 
 
 def ensure_node_record(state_dir: str, node_id: str, check_mode: bool) -> bool:
+    """Write hook/node.json (atomically, mode 0600) unless it already holds this node id with that mode."""
     data = node_record_to_bytes(node_id)
     path = node_record_path(state_dir)
     try:
         current = read_regular(path, "hookscript node record")
     except FileNotFoundError:
         current = None
-    if current == data:
+    if current == data and stat.S_IMODE(os.lstat(path).st_mode) == NODE_RECORD_MODE:
         return False
     if not check_mode:
         ensure_dir(state_dir, 0o700)
         ensure_dir(os.path.dirname(path), 0o700)
-        write_atomic(path, data)
+        write_atomic(path, data, NODE_RECORD_MODE)
     return True
 
 

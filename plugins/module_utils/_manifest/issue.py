@@ -28,7 +28,7 @@ def next_manifest(
 ) -> tuple[Manifest | None, str]:
     """(the manifest to sign, why) or (None, why not).
 
-    `previous` is the store's newest envelope for the VM; the store checks the
+    `previous` is the VM's newest envelope, verified by the caller (the ledger); the store checks the
     chain again when the new one is put, so its payload is read unverified here.
     """
     if expires_days < 1 or resign_days < 0 or resign_days >= expires_days:

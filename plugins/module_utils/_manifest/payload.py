@@ -1,11 +1,15 @@
 # Copyright: ironclaw.sealed contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The manifest payload ``ironclaw-manifest/1``: one VM's whole sealed state at one version.
+"""The manifest payload ``ironclaw-manifest/2``: one VM's whole sealed state at one version.
 
 The *statement* is the part that describes sealed state (subject, node,
-keyslot, blobs, state, migration); the rest (manifest_id, version, issued_at,
-expires, prev) places a statement in the VM's signed chain. Two manifests with
-equal statements describe the same sealed state.
+keyslot, blobs, state, migration) and the VM's recorded policy (migratable,
+PCR selection); the rest (manifest_id, version, issued_at, expires, prev)
+places a statement in the VM's signed chain. Two manifests with equal
+statements describe the same sealed state under the same policy.
+
+A node describes its files (a statement without ``policy``); the controller
+adds the policy it records (DESIGN §7 A2) before it signs.
 
 A tombstone (state ``destroyed``) ends a VM's chain: its keyslot is null, its
 blob list empty and it has no migration.
@@ -23,8 +27,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.validate import node_name as check_node_name
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.blob import MAX_GENERATION
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 
-MANIFEST_FORMAT = "ironclaw-manifest/1"
+MANIFEST_FORMAT = "ironclaw-manifest/2"
+# Version 1 did not record the VM's policy; it is refused with its own message.
+OLD_MANIFEST_FORMATS = ("ironclaw-manifest/1",)
 MANIFEST_PAYLOAD_TYPE = "application/vnd.ironclaw.manifest.v1+json"
 KEYSLOT_FILE = "keyslot.json"
 STATE_ACTIVE = "active"
@@ -51,6 +58,7 @@ _STATEMENT_FIELDS = {
     "keyslot": (dict, type(None)),
     "blobs": list,
     "state": str,
+    "policy": dict,
 }
 _OPTIONAL_FIELDS = {"migration": dict}
 _SUBJECT_FIELDS = {"vmid": int, "vm_uuid": str, "vm_ctime": (int, type(None)), "cluster": str}
@@ -58,6 +66,7 @@ _NODE_FIELDS = {"name": str, "id": str}
 _KEYSLOT_FIELDS = {"name": str, "sha256": str, "keyslot_id": str}
 _BLOB_FIELDS = {"name": str, "sha256": str, "size": int, "generation": int}
 _MIGRATION_FIELDS = {"source": str, "target": str, "not_after": str}
+_POLICY_FIELDS = {"migratable": bool, "pcrs": (str, type(None))}
 
 
 def check_cluster_name(value: object) -> str:
@@ -103,6 +112,17 @@ class Migration:
 
 
 @dataclass(frozen=True)
+class RecordedPolicy:
+    """The VM's policy as its manifest records it: every approval and grant follows it."""
+
+    migratable: bool
+    pcrs: str | None  # canonical PcrSelection text, e.g. "sha256:0,7"; None binds no PCRs
+
+    def to_dict(self) -> dict:
+        return {"migratable": self.migratable, "pcrs": self.pcrs}
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed manifest payload; hex and timestamp fields as written."""
 
@@ -116,6 +136,7 @@ class Manifest:
     blobs: tuple[BlobRef, ...]
     state: str
     prev: str | None
+    policy: RecordedPolicy
     migration: Migration | None = None
 
     @property
@@ -163,6 +184,7 @@ def statement_of(manifest: Manifest) -> dict:
             {"name": b.name, "sha256": b.sha256, "size": b.size, "generation": b.generation} for b in manifest.blobs
         ],
         "state": manifest.state,
+        "policy": manifest.policy.to_dict(),
     }
     if manifest.migration is not None:
         doc["migration"] = {
@@ -241,9 +263,34 @@ def _migration(doc: object, what: str) -> Migration:
     return migration
 
 
+def _policy(doc: object, what: str) -> RecordedPolicy:
+    canonical.require_fields(doc, _POLICY_FIELDS, what, prefix="policy.")
+    pcrs = doc["pcrs"]
+    if pcrs is not None:
+        try:
+            selection = str(PcrSelection.parse(pcrs))
+        except InputError as err:
+            raise FormatError(f"{what}: field 'policy.pcrs': {err}") from None
+        if selection != pcrs:
+            raise FormatError(
+                f"{what}: field 'policy.pcrs' must be written canonically ('{selection}'), found '{pcrs}'"
+            )
+    return RecordedPolicy(migratable=doc["migratable"], pcrs=pcrs)
+
+
+def recorded_policy(spec) -> RecordedPolicy:
+    """The policy to record from a parsed PolicySpec (its `migratable` and `pcrs`)."""
+    return RecordedPolicy(migratable=spec.migratable, pcrs=None if spec.pcrs is None else str(spec.pcrs))
+
+
 def parse_manifest(data: bytes, what: str) -> Manifest:
     """Parse a manifest payload strictly (format first, exact fields, types, ranges, order)."""
     doc = canonical.loads(data, what)
+    if isinstance(doc, dict) and doc.get("format") in OLD_MANIFEST_FORMATS:
+        raise FormatError(
+            f"{what}: format {doc['format']} does not record the VM's policy and is no longer accepted "
+            f"(this collection reads {MANIFEST_FORMAT}); re-provision the VM to issue a new chain"
+        )
     canonical.require_format(doc, MANIFEST_FORMAT, what)
     fields = {**_META_FIELDS, **_STATEMENT_FIELDS}
     if "migration" in doc:
@@ -273,6 +320,7 @@ def parse_manifest(data: bytes, what: str) -> Manifest:
         blobs=_blobs(doc["blobs"], what),
         state=state,
         prev=None if prev is None else _sha256(prev, what, "prev"),
+        policy=_policy(doc["policy"], what),
         migration=_migration(doc["migration"], what) if "migration" in doc else None,
     )
     if manifest.destroyed and (manifest.keyslot is not None or manifest.blobs or manifest.migration is not None):
@@ -290,9 +338,20 @@ def _require_statement_keys(statement: object) -> None:
         raise InputError(f"a manifest statement has unknown field(s) {', '.join(unknown)}")
 
 
-def check_statement(statement: dict, what: str = "manifest statement") -> dict:
-    """Validate a statement alone (FormatError as parse_manifest would raise); returns it normalized."""
+# What a node's statement carries in place of the policy while it is checked alone.
+_NO_POLICY = {"migratable": False, "pcrs": None}
+
+
+def check_statement(statement: dict, what: str = "manifest statement", *, with_policy: bool = True) -> dict:
+    """Validate a statement alone (FormatError as parse_manifest would raise); returns it normalized.
+
+    ``with_policy=False`` checks a node's description, which has no ``policy`` (the controller adds it).
+    """
     _require_statement_keys(statement)
+    if not with_policy:
+        if "policy" in statement:
+            raise InputError(f"{what}: a node's description must not carry a policy: the controller records it")
+        statement = {**statement, "policy": _NO_POLICY}
     doc = {
         **statement,
         "format": MANIFEST_FORMAT,
@@ -302,7 +361,15 @@ def check_statement(statement: dict, what: str = "manifest statement") -> dict:
         "expires": "2000-01-02T00:00:00Z",
         "prev": None,
     }
-    return statement_of(parse_manifest(canonical.dumps(doc), what))
+    checked = statement_of(parse_manifest(canonical.dumps(doc), what))
+    if not with_policy:
+        del checked["policy"]
+    return checked
+
+
+def with_policy(statement: dict, policy: RecordedPolicy) -> dict:
+    """A node's statement with the policy the controller records for the VM."""
+    return check_statement({**statement, "policy": policy.to_dict()})
 
 
 def make_statement(
@@ -332,7 +399,7 @@ def make_statement(
     if migration is not None:
         doc["migration"] = migration
     try:
-        return check_statement(doc, "manifest statement")
+        return check_statement(doc, "manifest statement", with_policy=False)
     except FormatError as err:
         raise InputError(str(err)) from None
 

@@ -265,6 +265,16 @@ def verify_history(envelopes: Iterable[dsse.Envelope], what: str = "trust root")
     return trusted
 
 
+def load_versions(envelopes: Iterable[dsse.Envelope], now: datetime, what: str = "trust root") -> list[TrustRoot]:
+    """Every root of a history from version 1, each verified by the one before; the newest unexpired at ``now``."""
+    envelopes = list(envelopes)
+    load_chain(envelopes, now, what)  # the whole history, and the newest unexpired
+    versions = [_first(envelopes[0], f"{what} version 1")]
+    for envelope in envelopes[1:]:
+        versions.append(_next(versions[-1], envelope, f"{what} version {root_version(envelope)}"))
+    return versions
+
+
 def load_chain(envelopes: Iterable[dsse.Envelope], now: datetime, what: str = "trust root") -> TrustRoot:
     """Trust a whole history from version 1; the newest root must be unexpired at ``now``."""
     return _check_unexpired(verify_history(envelopes, what), now, what)

@@ -105,14 +105,23 @@ def unseal_policy(
     return d
 
 
-def duplicate_policy(target_srk_name: bytes, epoch_nv_name: bytes, epoch: int) -> bytes:
-    """The sub-policy a duplication grant signs: duplicate only to this target SRK, only at the source's epoch.
+def duplicate_policy(target_srk_name: bytes, source_srk_name: bytes, epoch_nv_name: bytes, epoch: int) -> bytes:
+    """The sub-policy a duplication grant signs: only to this target SRK, only from this source TPM at its epoch.
 
-    PolicyDuplicationSelect(target SRK name) ∧ PolicyNV(source epoch == e); a source epoch bump also
-    revokes unused grants. PolicyDuplicationSelect itself limits the session to TPM2_Duplicate, and the
-    TPM refuses it after a PolicyCommandCode, so there is no separate PolicyCommandCode(Duplicate) term.
+    PolicyDuplicationSelect(target SRK name) ∧ PolicySecret(source SRK) ∧ PolicyNV(source epoch == e).
+
+    - PolicyDuplicationSelect limits the session to TPM2_Duplicate and fixes the new parent. The TPM
+      refuses it after a PolicyCommandCode, so there is no PolicyCommandCode(Duplicate) term.
+    - PolicySecret binds the grant to the source's TPM: epoch NV indices have the same name on every
+      node and epochs collide, so without it a grant signed for node C at epoch e would let node A
+      duplicate an old copy of the keyslot once A is at epoch e too. Only the TPM holding that SRK can
+      satisfy it (another TPM can load C's SRK public, but has no authValue for it). Checked on swtpm
+      0.7 (tpm2-pytss 3.0 and 1.2): PolicySecret is accepted after PolicyDuplicationSelect and the
+      session then authorizes TPM2_Duplicate.
+    - PolicyNV: a source epoch bump also revokes unused grants.
     """
     d = duplication_select(ZERO_DIGEST, target_srk_name)
+    d = secret(d, source_srk_name)
     return nv(d, epoch_nv_name, epoch_operand(epoch))
 
 

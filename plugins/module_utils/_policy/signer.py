@@ -189,8 +189,11 @@ def sign_grant(
     target_public: bytes,
     issued_at: str | None = None,
 ) -> Grant:
-    """Allow this VM's keyslot to be duplicated from the source (at its epoch) to exactly one target SRK."""
-    approved = pd.duplicate_policy(target_name, source_epoch_nv_name, epoch)
+    """Allow this VM's keyslot to be duplicated from the source's TPM (at its epoch) to exactly one target SRK.
+
+    The policy names the source SRK (PolicySecret), so only the source's own TPM can use the grant.
+    """
+    approved = pd.duplicate_policy(target_name, source_name, source_epoch_nv_name, epoch)
     r, s, key_name = _sign_policy(key, vm_uuid, approved)
     return Grant(
         vmid=validate.vmid(vmid),

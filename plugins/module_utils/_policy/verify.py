@@ -100,6 +100,8 @@ def check_grant(
         raise PolicyError(
             f"the grant lets the VM leave node {grant.source_name.hex()[:16]}…, not this node {source_name.hex()[:16]}…"
         )
-    if grant.approved_policy != pd.duplicate_policy(grant.target_name, epoch_nv_name, grant.epoch):
-        raise PolicyError("the grant's signed policy is not a duplication to its target at its epoch (altered?)")
+    if grant.approved_policy != pd.duplicate_policy(grant.target_name, source_name, epoch_nv_name, grant.epoch):
+        raise PolicyError(
+            "the grant's signed policy is not a duplication from this node to its target at its epoch (altered?)"
+        )
     check_signature(key_public, grant.approved_policy, pd.policy_ref_for(vm_uuid), grant.signature_r, grant.signature_s)

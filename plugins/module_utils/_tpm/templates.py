@@ -52,11 +52,16 @@ def keyslot_public(auth_policy: bytes, migratable: bool):
     """Sealed-data object reachable only through its policy (no userWithAuth).
 
     Without fixedTPM/fixedParent it can be duplicated, but only under a policy
-    the VM's policy key approved; with them it can never leave this TPM.
+    the VM's policy key approved; with them it can never leave this TPM. A
+    migratable object also sets encryptedDuplication: the TPM then refuses to
+    duplicate it to no parent (TPM_RH_NULL) or without an inner wrapper, so even
+    a wrongly signed grant cannot make it export the VRK unencrypted.
     """
     t = pytss()
     attrs = t.TPMA_OBJECT.NODA | t.TPMA_OBJECT.ADMINWITHPOLICY
-    if not migratable:
+    if migratable:
+        attrs |= t.TPMA_OBJECT.ENCRYPTEDDUPLICATION
+    else:
         attrs |= t.TPMA_OBJECT.FIXEDTPM | t.TPMA_OBJECT.FIXEDPARENT
     area = t.TPMT_PUBLIC(
         type=t.TPM2_ALG.KEYEDHASH,
@@ -68,6 +73,14 @@ def keyslot_public(auth_policy: bytes, migratable: bool):
         ),
     )
     return t.TPM2B_PUBLIC(publicArea=area)
+
+
+def inner_wrapper_symmetric():
+    """AES-128-CFB: the inner wrapper of a duplicated keyslot (TPM2_Duplicate and TPM2_Import use the same)."""
+    t = pytss()
+    return t.TPMT_SYM_DEF_OBJECT(
+        algorithm=t.TPM2_ALG.AES, keyBits=t.TPMU_SYM_KEY_BITS(aes=128), mode=t.TPMU_SYM_MODE(aes=t.TPM2_ALG.CFB)
+    )
 
 
 def session_symmetric():
