@@ -20,13 +20,15 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify i
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 CLUSTER = "lab"
 ROOT_KEYS = (Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32),)
+# The VM policy every manifest records (DESIGN §7 A2): the test VMs are sealed migratable, without PCRs.
+MIGRATABLE = payload.RecordedPolicy(migratable=True, pcrs=None)
 
 
 class Ledger:
     """One controller's signed chains: the trust root and, per VM uuid, its envelopes (oldest first)."""
 
-    def __init__(self, now: datetime = NOW, cluster: str = CLUSTER):
-        self.now, self.cluster = now, cluster
+    def __init__(self, now: datetime = NOW, cluster: str = CLUSTER, policy=MIGRATABLE):
+        self.now, self.cluster, self.policy = now, cluster, policy
         self.root = trust_root.new_root(
             ROOT_KEYS, 1, issued_at=now - timedelta(days=10), expires=now + timedelta(days=365)
         )
@@ -35,15 +37,18 @@ class Ledger:
     def sign(self, state_dir: str, vmid: int, vm_uuid: str, node_name: str, node_id: bytes, migration=None):
         """The next manifest version of the VM's files in state_dir, signed (not cached)."""
         chain = self.chains.setdefault(vm_uuid, [])
-        statement = payload.make_statement(
-            describe_vm(state_dir, vmid, vm_uuid),
-            vmid=vmid,
-            vm_uuid=vm_uuid,
-            vm_ctime=None,
-            cluster=self.cluster,
-            node_name=node_name,
-            node_id=node_id,
-            migration=migration,
+        statement = payload.with_policy(
+            payload.make_statement(
+                describe_vm(state_dir, vmid, vm_uuid),
+                vmid=vmid,
+                vm_uuid=vm_uuid,
+                vm_ctime=None,
+                cluster=self.cluster,
+                node_name=node_name,
+                node_id=node_id,
+                migration=migration,
+            ),
+            self.policy,
         )
         manifest = payload.new_manifest(
             statement,
