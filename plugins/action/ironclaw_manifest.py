@@ -1,17 +1,39 @@
 # Copyright: ironclaw.sealed contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """ironclaw_manifest: signing states run here on the controller (keys never leave it); the
-node and store states (built, stored, listed, verified) run as a module on the target host."""
+node and store states (built, stored, listed, verified, pinned) run as a module on the target host.
+
+The store states are checked here too: ``listed`` is accepted only if the store agrees with its
+signed head and the head is not older than the newest this controller signed (A5), node records
+are verified against this controller's trust root (A4), and the trust roots it returns are this
+controller's own, never the store's copies (A6). ``stored`` (and ``enrolled``) are followed by
+the next signed head, under a controller-side lock so that two writes cannot interleave.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from ansible.plugins.action import ActionBase
+
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC, clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import head as authority_head
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import rules, signing
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal import MoveJournal
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, LifetimeError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import (
+    record_to_sign,
+    verify_node_record,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    FormatError,
+    InputError,
+    IronclawError,
+    LifetimeError,
+    VerificationError,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.issue import next_manifest
@@ -26,7 +48,15 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_ro
     new_root,
     rotate,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.head import parse_view
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import (
+    NODE_PAYLOAD_TYPE,
+    OLD_NODE_RECORD_FORMAT,
+)
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.split_action import SplitAction
+
+MODULE = "ironclaw.sealed.ironclaw_manifest"
+DEFAULT_CONTROLLER_DIR = "~/.local/share/ironclaw"
 
 
 def _roots_result(roots) -> dict:
@@ -65,7 +95,8 @@ def trusted(args: dict, check_mode: bool) -> dict:
         if check_mode:
             return {"changed": True, "trust_roots": [], "msg": "would create the trust root"}
         keys = store.create_keys(args["keys"])
-        envelope = new_root(keys, args["threshold"], issued_at=now, expires=expires)
+        head_key = store.create_head_key()
+        envelope = new_root(keys, args["threshold"], issued_at=now, expires=expires, head_keys=[head_key])
         store.save_root(envelope, dsse.envelope_to_bytes(envelope))
         roots, changed = [envelope], True
     elif args["rotate"]:
@@ -87,6 +118,7 @@ def trusted(args: dict, check_mode: bool) -> dict:
             "version": root.version,
             "threshold": root.threshold,
             "keyids": sorted(root.keys),
+            "head_keyids": sorted(root.head_keys),
             "expires": canonical.utc_timestamp(root.expires),
         },
     }
@@ -190,10 +222,158 @@ def pending(args: dict, _check_mode: bool) -> dict:
     return {"changed": False, "requests": listed}
 
 
+def controller_root(controller_dir: str, now: datetime):
+    """This controller's own trust root: the only one the store is checked against."""
+    store = TrustKeyStore(controller_dir)
+    roots = store.roots()
+    if not roots:
+        raise InputError(f"no trust root in {store.roots_dir}: run the init playbook first (ironclaw.sealed.init)")
+    return load_chain(roots, now), roots
+
+
+def _head_keys(controller_dir: str, root) -> list:
+    store = TrustKeyStore(controller_dir)
+    return store.load_head_keys() if root.head_keys else store.load_keys()
+
+
+def checked_listing(listing: dict, controller_dir: str, now: datetime):
+    """(root, the store module's listing) once the controller accepts the store (A5), with this controller's
+    trust roots in place of the store's copies (A6); raises otherwise."""
+    root, roots = controller_root(controller_dir, now)
+    authority_head.check_store_view(
+        listing["head"], root, authority_head.known_version(controller_dir), parse_view(listing["view"], "store view")
+    )
+    return root, {**listing, "trust_roots": [dsse.envelope_to_dict(env) for env in roots]}
+
+
+def signed_head_after(result: dict, controller_dir: str, now: datetime, write_head) -> dict:
+    """After the store module changed the store: sign the next head, have it written, remember it."""
+    root, _roots = controller_root(controller_dir, now)
+    known = authority_head.known_version(controller_dir)
+    envelope = authority_head.next_head(
+        result["head"],
+        root,
+        known,
+        parse_view(result["view"], "store view"),
+        result["touched"],
+        _head_keys(controller_dir, root),
+        now,
+    )
+    if envelope is None:
+        return result
+    written = write_head(dsse.envelope_to_dict(envelope))
+    if written.get("failed"):
+        raise VerificationError(f"the new store head was not written: {written.get('msg')}")
+    authority_head.record_signed(controller_dir, envelope)
+    return {**result, "head": dsse.envelope_to_dict(envelope), "changed": True}
+
+
+def node_record_envelope(args: dict, record, now: datetime):
+    """Sign a node record with the trust root (here, or through the request exchange when offline)."""
+    if args["signing"] == "offline":
+        if not args["sign_dir"]:
+            raise InputError("ironclaw_signing offline needs sign_dir: where signing requests are exchanged")
+        envelope, path = requests.exchange_node_record(args["sign_dir"], record)
+        if envelope is None:
+            raise InputError(
+                f"signing request written to {path} (node record of {record.node}). Carry the directory to the "
+                "offline machine, run: ansible-playbook ironclaw.sealed.sign "
+                f"-e ironclaw_sign_dir={args['sign_dir']} there, bring it back and re-run this playbook"
+            )
+        return envelope
+    return dsse.sign(record.to_bytes(), NODE_PAYLOAD_TYPE, _signing_keys(TrustKeyStore(args["controller_dir"]), now))
+
+
+def current_record(doc, root, node_name: str, replace: bool, now: datetime):
+    """The node's enrolled record, or None; an old unsigned one, or (with replace) an invalid one, is replaced."""
+    if doc is None or doc.get("format") == OLD_NODE_RECORD_FORMAT:
+        return None
+    try:
+        return verify_node_record(doc, root, node_name, now)
+    except (FormatError, VerificationError):
+        if replace:
+            return None
+        raise
+
+
 HANDLERS = {"trusted": trusted, "signed": signed, "requests": pending}
+STORE_STATES = ("stored", "listed", "enrolled")
 
 
 class ActionModule(SplitAction):
     SPEC = SPEC
     DEFAULT_STATE = None
     HANDLERS = HANDLERS
+
+    def run(self, tmp=None, task_vars=None):
+        if self._task.args.get("state") not in STORE_STATES:
+            return super().run(tmp, task_vars)
+        result = ActionBase.run(self, tmp, task_vars)
+        _valid, args = self.validate_argument_spec(argument_spec=self.SPEC)
+        if crypto_lib.missing():
+            result.update(failed=True, msg=crypto_lib.missing())
+            return result
+        if "controller_dir" not in self._task.args:
+            # Roles pass ironclaw_controller_dir; a task that does not still checks against it.
+            args["controller_dir"] = self._templar.template(
+                (task_vars or {}).get("ironclaw_controller_dir", DEFAULT_CONTROLLER_DIR)
+            )
+        self._vars = task_vars
+        try:
+            now = clock(args["now"])
+            with locked(
+                TrustKeyStore(args["controller_dir"]).controller_dir,
+                "store-head",
+                args["lock_timeout"],
+                shared=args["state"] == "listed",
+            ):
+                result.update(getattr(self, "_" + args["state"])(args, now))
+        except IronclawError as exc:
+            result.update(failed=True, msg=str(exc), error=type(exc).__name__)
+        return result
+
+    def _module(self, module_args: dict) -> dict:
+        return self._execute_module(module_name=MODULE, module_args=module_args, task_vars=self._vars)
+
+    def _write_head(self, args: dict):
+        return lambda head: self._module({"state": "stored", "store_dir": args["store_dir"], "head": head})
+
+    def _listed(self, args: dict, now: datetime) -> dict:
+        listing = self._module(dict(self._task.args))
+        if listing.get("failed"):
+            return listing
+        root, out = checked_listing(listing, args["controller_dir"], now)
+        if args["node_name"] is not None:
+            # A4: a record counts only once this controller's trust root verified it for this node.
+            doc = listing["node_record"]
+            out["node"] = None if doc is None else verify_node_record(doc, root, args["node_name"], now).to_dict()
+        return out
+
+    def _stored(self, args: dict, now: datetime) -> dict:
+        result = self._module(dict(self._task.args))
+        if result.get("failed") or self._task.check_mode or "view" not in result:
+            return result
+        return signed_head_after(result, args["controller_dir"], now, self._write_head(args))
+
+    def _enrolled(self, args: dict, now: datetime) -> dict:
+        """Sign and store a node's record from its facts (A4): the SRK may change only with replace."""
+        if not args["node_name"] or not args["node_facts"] or not args["store_dir"]:
+            raise InputError("state=enrolled needs node_name, node_facts and store_dir")
+        listing = self._module({"state": "listed", "store_dir": args["store_dir"], "node_name": args["node_name"]})
+        if listing.get("failed"):
+            return listing
+        root, _listing = checked_listing(listing, args["controller_dir"], now)
+        current = current_record(listing["node_record"], root, args["node_name"], args["replace"], now)
+        record, reason = record_to_sign(args["node_facts"], args["node_name"], current, args["replace"], now)
+        if record is None:
+            return {"changed": False, "node": current.to_dict(), "reason": reason}
+        if self._task.check_mode:
+            return {"changed": True, "node": record.to_dict(), "reason": reason}
+        envelope = node_record_envelope(args, record, now)
+        result = self._module(
+            {"state": "stored", "store_dir": args["store_dir"], "node_record": dsse.envelope_to_dict(envelope)}
+        )
+        if result.get("failed"):
+            return result
+        result = signed_head_after(result, args["controller_dir"], now, self._write_head(args))
+        return {"changed": True, "node": record.to_dict(), "reason": reason, "head": result["head"]}

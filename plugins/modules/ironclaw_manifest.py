@@ -11,8 +11,16 @@ description:
   - A manifest states, for one VM and one version, the SHA-256 and size of its keyslot and of every sealed blob, the
     VM's identity (vmid, uuid, creation time, cluster) and the previous version's digest. It is a DSSE envelope signed
     with Ed25519 keys of the trust root (m-of-n), which never reach a node.
-  - C(trusted), C(signed) and C(requests) run on the controller (or the offline signing machine).
-    C(built) and C(verified) run on the node. C(stored) and C(listed) run on the store host.
+  - C(trusted), C(signed), C(requests) and C(enrolled) run on the controller (or the offline signing machine).
+    C(built), C(verified) and C(pinned) run on the node. C(stored) and C(listed) run on the store host and are then
+    checked on the controller.
+  - The store is checked against its signed head (TUF's snapshot), on the controller, at every C(listed) and before
+    every new head; the head must be signed by the key the controller's trust root names for it, must not be older
+    than the newest head this controller signed (C(<controller_dir>/store-head.json)), and must list exactly each
+    VM's newest manifest and every node record, receipt and trust root in the store. A rolled-back store fails with
+    C(RollbackError), a deleted, added or altered file with C(TruncationError), naming the VM or file.
+  - Node records are DSSE envelopes signed by the trust root; C(listed) with O(node_name) returns the record only
+    after the controller verified it against its own trust root for that node.
   - Verification is fail-closed, in order, each with its own message. Signatures from a threshold of trust-root keys
     (a key counts once), not expired and not issued in the future, version at or above the floor (same version with
     another digest is a fork, a tombstone ends the chain), subject matches the VM, and every file matches exactly with
@@ -28,12 +36,20 @@ options:
         O(shown)); nothing else is signed.
       - C(requests) lists the pending offline signing requests in O(sign_dir), every field of each.
       - C(stored) appends O(envelope) to the store (version must be the floor + 1), puts O(trust_roots) there,
-        and appends O(receipt).
-      - C(listed) returns a VM's chain, floor and the store's trust roots.
-      - C(verified) applies every rule on the node, optionally test-unseals, and caches the envelope and roots.
+        appends O(receipt) and writes O(node_record); then the controller signs the store's next head and has it
+        written.
+      - C(listed) returns a VM's chain and floor (O(vm_uuid)), the VMs that used O(vmid), and/or the verified node
+        record of O(node_name), with the store's head; the trust roots it returns are the controller's own (from
+        O(controller_dir)), never the store's copies.
+      - C(verified) applies every rule on the node, optionally test-unseals, and caches the envelope and roots;
+        with O(head), also checks the store head against the newest this node saw and caches it.
+      - C(enrolled) signs the node record of O(node_name) from O(node_facts) with the trust root (or through the
+        offline request exchange) and stores it; an enrolled node whose SRK changed is refused unless O(replace).
+      - C(pinned) installs O(trust_roots) (the controller's) on the node; the first chain when the node holds
+        none, later only the next newer roots.
     type: str
     required: true
-    choices: [trusted, built, signed, requests, stored, listed, verified]
+    choices: [trusted, built, signed, requests, stored, listed, verified, enrolled, pinned]
   vmid:
     description: Proxmox VMID (C(built), C(verified), C(listed)).
     type: int
@@ -66,10 +82,29 @@ options:
     description: The VM's creation time (Proxmox C(meta ctime)); recorded and checked when set.
     type: int
   node_name:
-    description: With O(state=built), the node's inventory name recorded in the manifest.
+    description:
+      - With O(state=built), the node's inventory name recorded in the manifest.
+      - With O(state=listed) or O(state=enrolled), the node whose record to read or sign.
     type: str
+  node_facts:
+    description: With O(state=enrolled), the node's facts (the result of M(ironclaw.sealed.ironclaw_node)).
+    type: dict
+  replace:
+    description: With O(state=enrolled), record a node whose SRK differs from its enrolled one (TPM replaced).
+    type: bool
+    default: false
+  node_record:
+    description: With O(state=stored), a signed node record to write (O(state=enrolled) signs and passes it).
+    type: dict
+  head:
+    description:
+      - With O(state=stored), a store head the controller signed (the action plugin passes it).
+      - With O(state=verified), the store's head (RV(head) of O(state=listed) or O(state=stored)).
+    type: dict
   controller_dir:
-    description: Keys, trust roots and (by default) the store on the controller.
+    description:
+      - Keys, trust roots, the newest signed store head and (by default) the store on the controller.
+      - With O(state=stored) and O(state=listed), defaults to the variable C(ironclaw_controller_dir) when set.
     type: path
     default: ~/.local/share/ironclaw
   keys:
@@ -272,13 +307,38 @@ requests:
   type: list
   elements: dict
 trust_roots:
-  description: Trust-root envelopes, oldest first.
+  description: This controller's trust-root envelopes, oldest first (never the store's copies).
   returned: when O(state=trusted) or O(state=listed)
   type: list
   elements: dict
 trust_root:
-  description: The current trust root's version, threshold, key ids and expiry.
-  returned: when O(state=trusted)
+  description:
+    - The current trust root's version, threshold, key ids, store-head key ids and expiry (O(state=trusted)).
+    - The version the node now trusts (O(state=pinned)).
+  returned: when O(state=trusted) or O(state=pinned)
+  type: dict
+head:
+  description: The store's signed head (after O(state=stored), the new one), or null if the store has none.
+  returned: when O(state=listed) or O(state=stored) (not in check mode)
+  type: dict
+view:
+  description: What the store holds as a head lists it (C(vms) newest version and digest, C(files) digests).
+  returned: when O(state=listed) or O(state=stored) (not in check mode)
+  type: dict
+touched:
+  description: What this call wrote or found already stored (C(vm:<uuid>) or a file path in the store).
+  returned: when O(state=stored) stored something (not in check mode)
+  type: list
+  elements: str
+node:
+  description:
+    - The node record once verified against the controller's trust root (node, backend, srk_name, srk_public,
+      epoch_nv_index, epoch_nv_name, enrolled_at), or null when the node is not enrolled.
+  returned: when O(state=listed) with O(node_name), or O(state=enrolled)
+  type: dict
+node_record:
+  description: The node record as stored (not verified; use RV(node)).
+  returned: when O(state=listed) with O(node_name)
   type: dict
 chain:
   description: Every envelope of the VM's chain in the store, oldest first (what O(state=signed) and the controller's
@@ -292,12 +352,17 @@ chains:
   type: dict
 latest:
   description: The VM's newest envelope in the store, or null.
-  returned: when O(state=listed)
+  returned: when O(state=listed) with O(vm_uuid)
   type: dict
 floor:
   description: The VM's floor, C(version), C(digest) and C(destroyed), or null.
-  returned: when O(state=listed)
+  returned: when O(state=listed) with O(vm_uuid)
   type: dict
+vms:
+  description: With O(vmid), each VM that used the VMID, with C(vm_uuid) and C(history).
+  returned: when O(state=listed) with O(vmid) and without O(vm_uuid)
+  type: list
+  elements: dict
 tombstone_statement:
   description: The statement that ends the VM's chain (state destroyed), or null when it has ended.
   returned: when O(state=listed) with O(vm_uuid)
@@ -310,7 +375,7 @@ receipts:
 history:
   description:
     Every stored version of the VM, oldest first (version, issued_at, expires, state, node, blob count, policy).
-  returned: when O(state=listed)
+  returned: when O(state=listed) with O(vm_uuid)
   type: list
   elements: dict
 manifest:

@@ -107,7 +107,10 @@ def tree(*roots: Path) -> dict[str, tuple[int, str]]:
             # Lock files (empty, under .locks) are taken even in check mode; they hold no state.
             if Path(dirpath).name == ".locks":
                 filenames = [name for name in filenames if not name.endswith(".lock")]
-            for name in dirnames + filenames:
+            # The store's locks directory and its mutex's directory appear with the first run that takes a lock;
+            # a lock file left in it is still seen.
+            unseen = {"store": {"locks"}, "locks": {".locks"}}.get(Path(dirpath).name, set())
+            for name in [name for name in dirnames if name not in unseen] + filenames:
                 path = Path(dirpath, name)
                 mode = path.lstat().st_mode & 0o7777
                 digest = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()

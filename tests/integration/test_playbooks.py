@@ -9,6 +9,7 @@ other's order.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -90,11 +91,17 @@ def test_enroll_records_each_node(enrolled: Lab):
         assert recap[node]["changed"] >= 2, recap  # node provisioned + record written
         record_path = enrolled.controller_dir / "store" / "nodes" / f"{node}.json"
         assert mode(record_path) == 0o600
-        record = json.loads(record_path.read_text())
-        assert record["format"] == "ironclaw-node-record/1"
+        envelope = json.loads(record_path.read_text())
+        # A4: a DSSE envelope signed by the trust root, over a format-2 record.
+        assert envelope["payloadType"] == "application/vnd.ironclaw.node.v1+json" and envelope["signatures"]
+        record = json.loads(base64.b64decode(envelope["payload"]))
+        assert record["format"] == "ironclaw-node-record/2"
         assert record["node"] == node
         assert record["backend"] == backend
         assert record["srk_name"] and record["epoch_nv_name"] and record["srk_public"]
+        # A6: the controller's trust root is pinned on the node at enrollment.
+        pinned = sorted(p.name for p in (enrolled.nodes[node].state_dir / "trust").iterdir())
+        assert pinned == sorted(p.name for p in (enrolled.controller_dir / "trust").iterdir())
     assert not (enrolled.controller_dir / "store" / "nodes" / "nodeX.json").exists()
     assert not enrolled.nodes["nodeX"].state_dir.exists()
 

@@ -118,7 +118,7 @@ def test_ten_year_expiry_is_refused(offline: Offline):
     m = request.document
     issued = datetime.now(UTC).replace(microsecond=0)
     statement = json.loads(m.to_bytes())
-    statement = {k: statement[k] for k in ("subject", "node", "keyslot", "blobs", "state")}
+    statement = {k: statement[k] for k in ("subject", "node", "keyslot", "blobs", "state", "policy")}
     long_lived = new_manifest(statement, version=1, prev=None, issued_at=issued, expires=issued + timedelta(days=3650))
     Path(request.path).unlink()
     _none, path = requests.exchange(str(offline.sign_dir), long_lived)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from datetime import UTC, datetime, timedelta
@@ -18,12 +17,14 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import Ed25519PrivateKey
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, payload, trust_root
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import (
     ForkError,
     ManifestRef,
     envelope_digest,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import NODE_PAYLOAD_TYPE, NodeRecord
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.store import Store
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -344,31 +345,39 @@ def test_tmp_files_of_an_interrupted_write_ignored(store):
 # ---------------------------------------------------------------- node records
 
 
-def _record(name: str) -> dict:
-    return {
-        "format": "ironclaw-node-record/1",
-        "node": name,
-        "backend": "software",
-        "srk_name": NODE_ID,
-        "srk_public": "AAAA",
-        "epoch_nv_index": "0x01c10000",
-        "epoch_nv_name": NODE_ID,
-    }
+def _record(name: str, srk_name: str = NODE_ID) -> NodeRecord:
+    return NodeRecord(
+        node=name,
+        backend="software",
+        srk_name=srk_name,
+        srk_public="AAAA",
+        epoch_nv_index="0x01c10000",
+        epoch_nv_name=NODE_ID,
+        enrolled_at="2030-05-01T00:00:00Z",
+    )
+
+
+def _signed_record(name: str, signers=KEYS[:2], **fields) -> dsse.Envelope:
+    return dsse.sign(_record(name, **fields).to_bytes(), NODE_PAYLOAD_TYPE, signers)
 
 
 def test_node_records(store):
     for name in ("node-b", "node-a"):
-        # Written the way the node_enroll role writes it (to_nice_json, sorted keys).
-        Path(store.nodes_dir, f"{name}.json").write_text(json.dumps(_record(name), indent=4, sort_keys=True) + "\n")
+        assert store.put_node(_signed_record(name))
+    assert not store.put_node(_signed_record("node-a"))  # the same record again changes nothing
     assert store.list_nodes() == ["node-a", "node-b"]
-    assert store.read_node("node-a") == _record("node-a")
-    with pytest.raises(InputError, match="node 'node-c' is not enrolled"):
-        store.read_node("node-c")
+    # The store hands out the record as stored; the controller checks it (_authority/node_record.py).
+    assert store.read_node("node-a") == dsse.envelope_to_dict(_signed_record("node-a"))
+    assert store.read_node("node-c") is None
     with pytest.raises(InputError, match="node name"):
         store.read_node("../trust/root-00000001")
-    Path(store.nodes_dir, "node-c.json").write_text(json.dumps(_record("node-a")))
-    with pytest.raises(FormatError, match="node-c.json is not an ironclaw-node-record/1 record for node 'node-c'"):
-        store.read_node("node-c")
     Path(store.nodes_dir, "node-d.json").write_text("{")
     with pytest.raises(FormatError, match="node-d.json is not valid JSON"):
         store.read_node("node-d")
+
+
+def test_put_node_refuses_an_old_unsigned_record(store):
+    old = {"format": "ironclaw-node-record/1", "node": "node-a"}
+    with pytest.raises(FormatError):
+        store.put_node(dsse.Envelope(canonical.dumps(old), NODE_PAYLOAD_TYPE, ()))
+    assert not Path(store.nodes_dir, "node-a.json").exists()

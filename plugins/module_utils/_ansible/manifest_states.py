@@ -11,9 +11,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options i
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.cache import NodeCache
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.node_check import (
     as_envelopes,
     cache_verified,
+    trusted_root,
     verify_on_node,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import (
@@ -23,19 +25,21 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload 
     tombstone_statement,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.state import describe_vm
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import ForkError, parse_ref
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import root_version
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import ForkError, parse_ref, ref_of
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import parse_node_record
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.store import Store
 
-CONTROLLER_STATES = ("trusted", "signed", "requests")
+CONTROLLER_STATES = ("trusted", "signed", "requests", "enrolled")
 
 SPEC = {
     "state": {
         "type": "str",
         "required": True,
-        "choices": ["trusted", "built", "signed", "requests", "stored", "listed", "verified"],
+        "choices": ["trusted", "built", "signed", "requests", "stored", "listed", "verified", "enrolled", "pinned"],
     },
     "vmid": {"type": "int"},
     "vm_uuid": {"type": "str"},
@@ -76,6 +80,10 @@ SPEC = {
     "warn_days": {"type": "int", "default": 14},
     "now": {"type": "str"},
     "migration": {"type": "dict"},
+    "node_record": {"type": "dict"},
+    "node_facts": {"type": "dict"},
+    "replace": {"type": "bool", "default": False},
+    "head": {"type": "dict"},
 }
 
 
@@ -112,13 +120,20 @@ def built(p: dict, _check_mode: bool) -> dict:
 
 
 def stored(p: dict, check_mode: bool) -> dict:
+    """Add what is given to the store; return what it now holds (``view``), its head before this call
+    and the keys of what this call put or found already there (``touched``): the controller signs the
+    next head from them. ``head`` alone writes a head the controller signed."""
     _need(p, "store_dir")
     store = Store(p["store_dir"])
     roots = as_envelopes(p["trust_roots"], "trust root")
     envelope = dsse.parse_envelope(p["envelope"], "manifest") if p["envelope"] else None
     receipt = dsse.parse_envelope(p["receipt"], "receipt") if p["receipt"] else None
-    if envelope is None and not roots and receipt is None:
-        raise InputError("state=stored needs envelope, trust_roots and/or receipt")
+    node_record = dsse.parse_envelope(p["node_record"], "node record") if p["node_record"] else None
+    head = dsse.parse_envelope(p["head"], "store head") if p["head"] else None
+    if envelope is None and not roots and receipt is None and node_record is None:
+        if head is None:
+            raise InputError("state=stored needs envelope, trust_roots, receipt, node_record and/or head")
+        return {"changed": False if check_mode else store.put_head(head)}
     if receipt is not None and p["vm_uuid"] is None:
         raise InputError("storing a receipt needs vm_uuid")
     now = clock(p["now"])
@@ -127,10 +142,17 @@ def stored(p: dict, check_mode: bool) -> dict:
         have = store.root_envelopes() if os.path.isdir(store.trust_dir) else []
         latest = store.latest(envelope_vm_uuid(envelope)) if envelope is not None else None
         new_manifest = envelope is not None and (latest is None or latest[0] != envelope)
-        return {"changed": any(root not in have for root in roots) or new_manifest or receipt is not None}
+        new_node = node_record is not None and store.read_node(_record_node(node_record)) != dsse.envelope_to_dict(
+            node_record
+        )
+        changed = any(root not in have for root in roots) or new_manifest or receipt is not None or new_node
+        return {"changed": changed}
+    previous_head = store.head()
     changed = store.init()
+    touched = []
     for root in roots:
         changed |= store.put_root(root, now)
+        touched.append(f"trust/root-{root_version(root):08d}.json")
     out = {}
     if envelope is not None:
         try:
@@ -138,9 +160,34 @@ def stored(p: dict, check_mode: bool) -> dict:
             out["envelope"] = dsse.envelope_to_dict(envelope)
         except ForkError:
             out["envelope"] = dsse.envelope_to_dict(_same_state_already_stored(store, envelope))
+        touched.append(f"vm:{envelope_vm_uuid(envelope)}")
     if receipt is not None:
         changed |= store.put_receipt(p["vm_uuid"], receipt)
-    return {"changed": changed, **out}
+        touched.extend(_receipt_keys(store, p["vm_uuid"], receipt))
+    if node_record is not None:
+        changed |= store.put_node(node_record)
+        touched.append(f"nodes/{_record_node(node_record)}.json")
+    return {
+        "changed": changed,
+        **out,
+        "head": None if previous_head is None else dsse.envelope_to_dict(previous_head),
+        "view": store.view().to_dict(),
+        "touched": touched,
+    }
+
+
+def _record_node(envelope) -> str:
+    return parse_node_record(envelope.payload, "node record").node
+
+
+def _receipt_keys(store: Store, vm_uuid: str, receipt) -> list[str]:
+    """The receipt's file in the store (put_receipt numbers them)."""
+    names = [
+        f"receipts/{vm_uuid}-{index + 1:04d}.json"
+        for index, stored_receipt in enumerate(store.receipts(vm_uuid))
+        if stored_receipt == receipt
+    ]
+    return names
 
 
 def _same_state_already_stored(store: Store, envelope):
@@ -161,34 +208,45 @@ def envelope_vm_uuid(envelope) -> str:
 
 
 def listed(p: dict, _check_mode: bool) -> dict:
+    """What the store holds for a VM (by vm_uuid or vmid) and/or a node's record, with the store's head
+    and view: the controller (the action plugin) checks them before any of it is used."""
     _need(p, "store_dir")
     store = Store(p["store_dir"])
-    if p["vm_uuid"] is None and p["vmid"] is None and p["vm_uuids"] is None:
-        raise InputError("state=listed needs vm_uuid, vmid or vm_uuids")
-    out = {"changed": False, "trust_roots": [dsse.envelope_to_dict(env) for env in store.root_envelopes()]}
+    out = {
+        "changed": False,
+        "trust_roots": [dsse.envelope_to_dict(env) for env in store.root_envelopes()],
+        "head": None,
+        "view": None,
+    }
+    if p["node_name"] is not None:
+        out["node_record"] = store.read_node(p["node_name"])
     if p["vm_uuids"] is not None:
         # Several VMs' chains at once (a node's survivors after an epoch bump): the controller verifies them.
         out["chains"] = {
             uuid: [dsse.envelope_to_dict(env) for env, _manifest in store.chain(uuid)] for uuid in p["vm_uuids"]
         }
-        return out
-    uuids = [p["vm_uuid"]] if p["vm_uuid"] else store.find(p["vmid"])
-    if p["vm_uuid"] is None:
-        out["vms"] = [{"vm_uuid": uuid, "history": _history(store, uuid)} for uuid in uuids]
-        return out
-    chain = store.chain(p["vm_uuid"])
-    latest = chain[-1] if chain else None
-    floor = store.floor(p["vm_uuid"])
-    out.update(
-        # Every envelope, oldest first: the controller decides from the whole chain, verified on its side.
-        chain=[dsse.envelope_to_dict(env) for env, _manifest in chain],
-        latest=dsse.envelope_to_dict(latest[0]) if latest else None,
-        floor=floor._asdict() if floor else None,
-        history=_history(store, p["vm_uuid"]),
-        # What ends the chain, for decommission; null once it has ended.
-        tombstone_statement=tombstone_statement(latest[1]) if latest and not latest[1].destroyed else None,
-        receipts=[dsse.envelope_to_dict(env) for env in store.receipts(p["vm_uuid"])],
-    )
+    elif p["vm_uuid"] is not None:
+        chain = store.chain(p["vm_uuid"])
+        latest = chain[-1] if chain else None
+        floor = store.floor(p["vm_uuid"])
+        out.update(
+            # Every envelope, oldest first: the controller decides from the whole chain, verified on its side.
+            chain=[dsse.envelope_to_dict(env) for env, _manifest in chain],
+            latest=dsse.envelope_to_dict(latest[0]) if latest else None,
+            floor=floor._asdict() if floor else None,
+            history=_history(store, p["vm_uuid"]),
+            # What ends the chain, for decommission; null once it has ended.
+            tombstone_statement=tombstone_statement(latest[1]) if latest and not latest[1].destroyed else None,
+            receipts=[dsse.envelope_to_dict(env) for env in store.receipts(p["vm_uuid"])],
+        )
+    elif p["vmid"] is not None:
+        out["vms"] = [{"vm_uuid": uuid, "history": _history(store, uuid)} for uuid in store.find(p["vmid"])]
+    elif p["node_name"] is None:
+        raise InputError("state=listed needs vm_uuid, vmid, vm_uuids or node_name")
+    # Read last: a file that changed meanwhile shows as a disagreement with the head, never as trusted.
+    head = store.head()
+    out["head"] = None if head is None else dsse.envelope_to_dict(head)
+    out["view"] = store.view().to_dict()
     return out
 
 
@@ -215,8 +273,9 @@ def verified(p: dict, check_mode: bool, module) -> dict:
     roots = as_envelopes(p["trust_roots"], "trust root")
     envelope = dsse.parse_envelope(p["envelope"], "manifest") if p["envelope"] else None
     floor = parse_ref(p["floor"], "floor") if p["floor"] else None
+    head = dsse.parse_envelope(p["head"], "store head") if p["head"] else None
     with vm_locks(p, check_mode):
-        manifest, _root, envelope = verify_on_node(
+        manifest, root, envelope = verify_on_node(
             p["state_dir"],
             vmid=vm.vmid,
             vm_uuid=vm.vm_uuid,
@@ -227,6 +286,9 @@ def verified(p: dict, check_mode: bool, module) -> dict:
             floor=floor,
             now=now,
         )
+        cache = NodeCache(p["state_dir"])
+        if head is not None:  # A5: the store's head must not be older than this node's, and must list this version
+            cache.check_head(head, root, vm.vm_uuid, ref_of(envelope, manifest))
         out = {
             "changed": False,
             "manifest": {
@@ -251,7 +313,25 @@ def verified(p: dict, check_mode: bool, module) -> dict:
                 raise InputError(f"VM {vm.vmid}: the manifest verified but blob(s) did not unseal: {details}")
         if p["cache"] and not check_mode:
             out["changed"] = cache_verified(p["state_dir"], vm.vmid, envelope, roots)
+            # The head moves with what the node accepts (a re-run that accepts nothing new changes nothing).
+            if head is not None and (out["changed"] or cache.head() is None):
+                out["changed"] |= cache.save_head(head)
     return out
+
+
+def pinned(p: dict, check_mode: bool) -> dict:
+    """Install the controller's trust roots on this node (at enrollment, then forward only): a node with
+    no root yet trusts the chain it is given here, from the controller's own trust/ directory."""
+    roots = as_envelopes(p["trust_roots"], "trust root")
+    if not roots:
+        raise InputError("state=pinned needs trust_roots: the controller's (ironclaw_manifest state=trusted)")
+    cache = NodeCache(p["state_dir"])
+    root = trusted_root(cache, roots, clock(p["now"]))
+    have = {root_version(env) for env in cache.roots()}
+    missing = [env for env in roots if root_version(env) not in have and root_version(env) <= root.version]
+    if missing and not check_mode:
+        cache.add_roots(missing)
+    return {"changed": bool(missing), "trust_root": {"version": root.version}}
 
 
 def run_state(module) -> dict:
@@ -264,4 +344,4 @@ def run_state(module) -> dict:
         )
     if state == "verified":
         return verified(p, module.check_mode, module)
-    return {"built": built, "stored": stored, "listed": listed}[state](p, module.check_mode)
+    return {"built": built, "stored": stored, "listed": listed, "pinned": pinned}[state](p, module.check_mode)

@@ -120,6 +120,12 @@ def summary_of_receipt(document: dict, payload: bytes) -> dict:
     return {"kind": "receipt", "digest": request_digest(payload), **shown}
 
 
+def summary_of_node_record(record, payload: bytes) -> dict:
+    """A node record is shown whole (its SRK name is what the signer checks against the enrolled node)."""
+    shown = {key: value for key, value in record.to_dict().items() if key != "format"}
+    return {"kind": "node-record", "digest": request_digest(payload), **shown}
+
+
 def headline(summary: dict) -> str:
     """One line per request for the confirmation prompt."""
     if summary["kind"] == "manifest":
@@ -127,6 +133,11 @@ def headline(summary: dict) -> str:
         what = (
             f"manifest VM {subject['vmid']} ({subject['vm_uuid']}) version {summary['version']} {summary['state']} "
             f"on {summary['node']['name']}, {len(summary['blobs'])} blob(s), expires {summary['expires']}"
+        )
+    elif summary["kind"] == "node-record":
+        what = (
+            f"node record {summary['node']} ({summary['backend']}) SRK {summary['srk_name']}, "
+            f"enrolled {summary['enrolled_at']}"
         )
     else:
         vm = summary["vm"]

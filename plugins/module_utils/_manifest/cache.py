@@ -8,6 +8,9 @@ chain (`<state_dir>/floors/<vm_uuid>.json`). All of them only ever move forward.
 The floor record is what makes a rollback of the whole VM directory visible: restoring an old copy
 of `<state_dir>/<vmid>/` brings back an old manifest.json that matches the old blobs, but not an
 old floor record.
+
+`<state_dir>/store-head.json` is the newest signed store head this node saw (A5): a store that
+offers an older head, or a head that does not list the manifest it is verifying, is refused.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from __future__ import annotations
 import glob
 import os
 
+# The controller's head signature rule, reused: plain Python, so it runs on the node too.
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.head import verify_head
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     FormatError,
     InputError,
+    RollbackError,
+    TruncationError,
     VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
@@ -35,9 +42,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify i
     ManifestRef,
     ref_of,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.head import parse_head
 
 MANIFEST_FILE = "manifest.json"
 FLOORS_DIR = "floors"
+HEAD_FILE = "store-head.json"
 FLOOR_FORMAT = "ironclaw-floor/1"
 _FLOOR_FIELDS = {"format": str, "vmid": int, "vm_uuid": str, "version": int, "digest": str}
 
@@ -87,6 +96,52 @@ class NodeCache:
             write_atomic(os.path.join(self.trust_dir, f"root-{version:08d}.json"), dsse.envelope_to_bytes(envelope))
             added.append(version)
         return added
+
+    # -- the store head -----------------------------------------------------------------
+    @property
+    def head_path(self) -> str:
+        return os.path.join(self.state_dir, HEAD_FILE)
+
+    def head(self):
+        """The newest store head this node accepted (an envelope), or None."""
+        try:
+            data = read_regular(self.head_path, "cached store head")
+        except FileNotFoundError:
+            return None
+        return dsse.parse_envelope(data, self.head_path)
+
+    def check_head(self, envelope, root, vm_uuid: str, ref: ManifestRef):
+        """The offered head, once signed by ``root``'s head keys, not older than the cached one and
+        listing exactly ``ref`` as the VM's newest manifest; returns it (to ``save_head`` later)."""
+        head = verify_head(envelope, root, "store head")
+        cached = self.head()
+        if cached is not None:
+            seen = parse_head(cached.payload, self.head_path).version
+            if head.version < seen:
+                raise RollbackError(
+                    f"store rolled back: its head is version {head.version}, but this node already saw version "
+                    f"{seen}; the store host serves an old copy"
+                )
+        listed = head.view.vms.get(vm_uuid)
+        if listed is None or (listed.version, listed.digest) != (ref.version, ref.digest):
+            shown = "no such VM" if listed is None else f"version {listed.version}"
+            raise TruncationError(
+                f"store head version {head.version} lists {shown} for VM {vm_uuid}, but the manifest given is version "
+                f"{ref.version}: the store was truncated or the manifest is not its newest"
+            )
+        return envelope
+
+    def save_head(self, envelope) -> bool:
+        """Keep a checked head if it is newer than the cached one; True if the file changed."""
+        cached = self.head()
+        if (
+            cached is not None
+            and parse_head(cached.payload, "head").version >= parse_head(envelope.payload, "head").version
+        ):
+            return False
+        ensure_dir(self.state_dir, 0o700)
+        write_atomic(self.head_path, dsse.envelope_to_bytes(envelope))
+        return True
 
     def manifest_path(self, vmid: int) -> str:
         return os.path.join(self.state_dir, str(vmid), MANIFEST_FILE)

@@ -3,7 +3,9 @@
 """The controller's (or the offline signer's) Ed25519 manifest-signing keys and trust-root copies.
 
 Layout under the controller directory: `trust-keys/<keyid>.pem` (PKCS#8, 0600,
-directory 0700) and `trust/root-<version>.json` (the signed trust roots this
+directory 0700), `head-keys/<keyid>.pem` (the online key that signs the store
+head, named by the trust root; with offline signing the only key on the online
+controller) and `trust/root-<version>.json` (the signed trust roots this
 controller issued, newest last). Private keys never leave this directory.
 """
 
@@ -29,30 +31,40 @@ class TrustKeyStore:
         self.controller_dir = os.path.expanduser(controller_dir)
         self.keys_dir = os.path.join(self.controller_dir, "trust-keys")
         self.roots_dir = os.path.join(self.controller_dir, "trust")
+        self.head_keys_dir = os.path.join(self.controller_dir, "head-keys")
 
     # -- private keys ----------------------------------------------------------
     def key_paths(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.keys_dir, "*.pem")))
 
-    def create_keys(self, count: int) -> list:
+    def create_keys(self, count: int, directory: str | None = None) -> list:
         if count < 1:
             raise InputError(f"the trust root needs at least one signing key, asked for {count}")
+        directory = directory or self.keys_dir
         ensure_dir(self.controller_dir, 0o700)
-        ensure_dir(self.keys_dir, 0o700)
+        ensure_dir(directory, 0o700)
         keys = []
         for _index in range(count):
             key = Ed25519PrivateKey.generate()
             pem = key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            write_atomic(os.path.join(self.keys_dir, f"{keyid_of(raw_public(key))}.pem"), pem, 0o600, exclusive=True)
+            write_atomic(os.path.join(directory, f"{keyid_of(raw_public(key))}.pem"), pem, 0o600, exclusive=True)
             keys.append(key)
         return keys
 
-    def load_keys(self) -> list:
+    def create_head_key(self):
+        """A new online store-head key (one is enough: the head adds rollback protection, not authority)."""
+        return self.create_keys(1, self.head_keys_dir)[0]
+
+    def load_head_keys(self) -> list:
+        """The store-head keys here (same file checks as the manifest-signing keys)."""
+        return self.load_keys(self.head_keys_dir)
+
+    def load_keys(self, directory: str | None = None) -> list:
         """Every signing key here; refuses a key file that others could read."""
         keys = []
-        for path in self.key_paths():
+        for path in sorted(glob.glob(os.path.join(directory or self.keys_dir, "*.pem"))):
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.getuid():
                 raise PolicyError(

@@ -5,7 +5,8 @@
 Every document the trust root signs while ``ironclaw_signing`` is ``offline`` goes through this one exchange:
 
 - manifests (tombstones included): ``<sign_dir>/<vm_uuid>-v<version>.request.json``;
-- destruction receipts: ``<sign_dir>/<vm_uuid>-receipt-<receipt_id>.request.json``.
+- destruction receipts: ``<sign_dir>/<vm_uuid>-receipt-<receipt_id>.request.json``;
+- node records (A4): ``<sign_dir>/node-<node>.request.json``.
 
 A request holds the exact payload bytes to sign and their summary (every field, and the request digest:
 SHA-256 of the payload, see _authority/signing.py); ``<...>.signed.json`` is the DSSE envelope the offline
@@ -39,6 +40,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload 
     parse_manifest,
     statement_of,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import (
+    NODE_PAYLOAD_TYPE,
+    NodeRecord,
+    parse_node_record,
+)
 
 REQUEST_FORMAT = "ironclaw-signing-request/2"
 REQUEST_SUFFIX = ".request.json"
@@ -48,7 +54,7 @@ _FIELDS = {"format": str, "payload_type": str, "payload": str, "summary": dict}
 
 @dataclass(frozen=True)
 class Request:
-    """A parsed request: `document` is the Manifest, or the receipt's dict."""
+    """A parsed request: `document` is the Manifest, the receipt's dict or the NodeRecord."""
 
     path: str
     payload_type: str
@@ -85,7 +91,12 @@ def _parse_payload(payload_type: str, payload: bytes, what: str) -> tuple[object
     if payload_type == RECEIPT_PAYLOAD_TYPE:
         document = parse_receipt(payload, what)
         return document, signing.summary_of_receipt(document, payload)
-    raise FormatError(f"{what}: payload_type {canonical.show(payload_type)} is neither a manifest nor a receipt")
+    if payload_type == NODE_PAYLOAD_TYPE:
+        record = parse_node_record(payload, what)
+        return record, signing.summary_of_node_record(record, payload)
+    raise FormatError(
+        f"{what}: payload_type {canonical.show(payload_type)} is neither a manifest, a receipt nor a node record"
+    )
 
 
 def summary_of(manifest: Manifest) -> dict:
@@ -144,6 +155,23 @@ def exchange(sign_dir: str, manifest: Manifest) -> tuple[dsse.Envelope | None, s
             return (envelope, pending.signed_path) if envelope is not None else (None, request_path)
         remove_file(pending.signed_path)
     _write_request(request_path, MANIFEST_PAYLOAD_TYPE, manifest.to_bytes())
+    return None, request_path
+
+
+def exchange_node_record(sign_dir: str, record: NodeRecord) -> tuple[dsse.Envelope | None, str]:
+    """Like exchange, for a node record: the signed envelope if it came back, else the request's path.
+    A pending request for the same node, key and epoch counter is kept (its enrolled_at is what gets signed)."""
+    ensure_dir(sign_dir, 0o700)
+    request_path = os.path.join(sign_dir, f"node-{record.node}{REQUEST_SUFFIX}")
+    if os.path.exists(request_path):
+        pending = read_request(request_path)
+        if pending.payload_type != NODE_PAYLOAD_TYPE:
+            raise FormatError(f"{request_path} is not a node record request")
+        if {**pending.document.__dict__, "enrolled_at": None} == {**record.__dict__, "enrolled_at": None}:
+            envelope = _returned(pending)
+            return (envelope, pending.signed_path) if envelope is not None else (None, request_path)
+        remove_file(pending.signed_path)
+    _write_request(request_path, NODE_PAYLOAD_TYPE, record.to_bytes())
     return None, request_path
 
 

@@ -2,12 +2,17 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The trust root: which Ed25519 keys sign manifests, and how many must agree.
 
-A root is a DSSE envelope over ``ironclaw-trust-root/1``. The first root is
+A root is a DSSE envelope over ``ironclaw-trust-root/2``. The first root is
 self-signed by a threshold of its own keys. Root N+1 must be signed by a
 threshold of root N's keys *and* a threshold of its own, so neither a stolen
 old key set nor a new one alone can move trust. Versions only go up by one.
 Only the root finally trusted must be unexpired: an expired root can still be
 rotated away from, as in TUF.
+
+Format 2 adds ``head_keys``: the online keys that sign the store head (TUF's
+snapshot role, see _store/head.py), so that the head can be signed where the
+manifest-signing keys are not (``ironclaw_signing: offline``). An empty list
+means the head is signed by a threshold of the root's own keys.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 
-ROOT_FORMAT = "ironclaw-trust-root/1"
+ROOT_FORMAT = "ironclaw-trust-root/2"
 ROOT_PAYLOAD_TYPE = "application/vnd.ironclaw.trust-root.v1+json"
 MAX_VERSION = 2**63 - 1
 MAX_KEYS = 64
@@ -37,6 +42,7 @@ _FIELDS = {
     "expires": str,
     "threshold": int,
     "keys": list,
+    "head_keys": list,
 }
 _KEY_FIELDS = {"keyid": str, "public": str}
 
@@ -48,6 +54,7 @@ class RootPayload:
     expires: datetime
     threshold: int
     keys: dict  # keyid -> raw public key
+    head_keys: dict  # keyid -> raw public key of the online store-head keys
 
 
 @dataclass(frozen=True)
@@ -60,16 +67,30 @@ class TrustRoot:
     issued_at: datetime
     expires: datetime
     envelope: dsse.Envelope
+    head_keys: dict
+
+    def head_signers(self) -> tuple[dict, int]:
+        """The keys that sign the store head and how many must: one head key, or the root's own threshold."""
+        if self.head_keys:
+            return self.head_keys, 1
+        return self.keys, self.threshold
 
 
-def _payload_bytes(keys: dict, threshold: int, version: int, issued_at: datetime, expires: datetime) -> bytes:
+def _key_list(keys: dict) -> list:
+    return [{"keyid": keyid, "public": canonical.b64encode(keys[keyid])} for keyid in sorted(keys)]
+
+
+def _payload_bytes(
+    keys: dict, threshold: int, version: int, issued_at: datetime, expires: datetime, head_keys: dict
+) -> bytes:
     doc = {
         "format": ROOT_FORMAT,
         "version": version,
         "issued_at": canonical.utc_timestamp(issued_at),
         "expires": canonical.utc_timestamp(expires),
         "threshold": threshold,
-        "keys": [{"keyid": keyid, "public": canonical.b64encode(keys[keyid])} for keyid in sorted(keys)],
+        "keys": _key_list(keys),
+        "head_keys": _key_list(head_keys),
     }
     data = canonical.dumps(doc)
     try:
@@ -89,12 +110,21 @@ def parse_root_payload(data: bytes, what: str) -> RootPayload:
     expires = canonical.parse_timestamp(doc["expires"], f"{what}: field 'expires'")
     if expires <= issued_at:
         raise FormatError(f"{what}: field 'expires' ({doc['expires']}) must be later than 'issued_at'")
-    if not 1 <= len(doc["keys"]) <= MAX_KEYS:
-        raise FormatError(f"{what}: field 'keys' must hold 1 to {MAX_KEYS} keys, found {len(doc['keys'])}")
+    keys = _parse_keys(doc["keys"], what, "keys", 1)
+    head_keys = _parse_keys(doc["head_keys"], what, "head_keys", 0)
+    threshold = canonical.int_field(doc["threshold"], what, "threshold", 1, len(keys))
+    return RootPayload(
+        version=version, issued_at=issued_at, expires=expires, threshold=threshold, keys=keys, head_keys=head_keys
+    )
+
+
+def _parse_keys(items: list, what: str, name: str, minimum: int) -> dict:
+    if not minimum <= len(items) <= MAX_KEYS:
+        raise FormatError(f"{what}: field '{name}' must hold {minimum} to {MAX_KEYS} keys, found {len(items)}")
     keys: dict[str, bytes] = {}
     previous = ""
-    for index, item in enumerate(doc["keys"]):
-        field = f"keys[{index}]"
+    for index, item in enumerate(items):
+        field = f"{name}[{index}]"
         canonical.require_fields(item, _KEY_FIELDS, what, prefix=f"{field}.")
         public = canonical.b64decode(item["public"], f"{what}: field '{field}.public'", dsse.PUBLIC_KEY_LEN)
         keyid = dsse.keyid_of(public)
@@ -105,11 +135,10 @@ def parse_root_payload(data: bytes, what: str) -> RootPayload:
             )
         if keyid <= previous:
             problem = "listed twice" if keyid == previous else "not sorted by keyid"
-            raise FormatError(f"{what}: field 'keys': key {keyid[:16]} is {problem}")
+            raise FormatError(f"{what}: field '{name}': key {keyid[:16]} is {problem}")
         previous = keyid
         keys[keyid] = public
-    threshold = canonical.int_field(doc["threshold"], what, "threshold", 1, len(keys))
-    return RootPayload(version=version, issued_at=issued_at, expires=expires, threshold=threshold, keys=keys)
+    return keys
 
 
 def root_version(envelope: dsse.Envelope) -> int:
@@ -129,12 +158,20 @@ def _public_keys(private_keys: Iterable, what: str) -> dict:
 
 
 def new_root(
-    private_keys: Iterable, threshold: int, *, version: int = 1, issued_at: datetime, expires: datetime
+    private_keys: Iterable,
+    threshold: int,
+    *,
+    version: int = 1,
+    issued_at: datetime,
+    expires: datetime,
+    head_keys: Iterable = (),
 ) -> dsse.Envelope:
-    """A trust root listing the given keys, signed by all of them."""
+    """A trust root listing the given keys (and store-head keys, public or private), signed by all of them."""
     private_keys = list(private_keys)
     keys = _public_keys(private_keys, "new trust root")
-    payload = _payload_bytes(keys, threshold, version, issued_at, expires)
+    payload = _payload_bytes(
+        keys, threshold, version, issued_at, expires, _public_keys(head_keys, "new trust root head keys")
+    )
     return dsse.sign(payload, ROOT_PAYLOAD_TYPE, private_keys)
 
 
@@ -146,8 +183,11 @@ def rotate(
     *,
     issued_at: datetime,
     expires: datetime,
+    head_keys: Iterable | None = None,
 ) -> dsse.Envelope:
-    """The next root (version + 1) for the new keys, signed by the given old keys and all new keys."""
+    """The next root (version + 1) for the new keys, signed by the given old keys and all new keys.
+
+    The store-head keys carry over unless ``head_keys`` names new ones."""
     old = parse_root_payload(old_root_envelope.payload, "current trust root")
     old_private_keys = list(old_private_keys)
     new_private_keys = list(new_private_keys)
@@ -155,7 +195,8 @@ def rotate(
         if keyid not in old.keys:
             raise InputError(f"key {keyid[:16]} is not a key of trust root version {old.version}; it cannot sign")
     keys = _public_keys(new_private_keys, "new trust root")
-    payload = _payload_bytes(keys, threshold, old.version + 1, issued_at, expires)
+    heads = old.head_keys if head_keys is None else _public_keys(head_keys, "new trust root head keys")
+    payload = _payload_bytes(keys, threshold, old.version + 1, issued_at, expires, heads)
     return dsse.sign(payload, ROOT_PAYLOAD_TYPE, old_private_keys + new_private_keys)
 
 
@@ -167,6 +208,7 @@ def _trusted(payload: RootPayload, envelope: dsse.Envelope) -> TrustRoot:
         issued_at=payload.issued_at,
         expires=payload.expires,
         envelope=envelope,
+        head_keys=payload.head_keys,
     )
 
 

@@ -6,19 +6,23 @@ Layout (directories 0700, files 0600)::
 
     <store>/trust/root-<version:08d>.json             trust-root envelopes, from version 1
     <store>/vms/<vm_uuid>/manifest-<version:08d>.json manifest envelopes, from version 1
-    <store>/nodes/<node>.json                          node records (written by the node_enroll role)
+    <store>/nodes/<node>.json                          node records (DSSE, signed by the trust root)
     <store>/receipts/                                  destruction receipts
+    <store>/head.json                                  the signed store head (head.py), replaced on every change
 
 Nothing is ever overwritten or deleted: a file is written to a temporary name
 and hard-linked into place, which fails if the name exists. The newest
 manifest of a VM is its floor; a tombstone ends the chain. Everything read is
 checked again (names, versions, the hash chain), so a damaged store is
-reported, naming the file, instead of being trusted.
+reported, naming the file, instead of being trusted. Every call that changes
+the store is followed by a new signed head (the only file that is replaced),
+signed on the controller; ``view`` is what a head is compared with.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -50,8 +54,13 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify i
     ref_of,
     verify_signatures,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store import head as store_head
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import (
+    NODE_PAYLOAD_TYPE,
+    parse_node_record,
+)
 
-NODE_RECORD_FORMAT = "ironclaw-node-record/1"
+MAX_NODE_RECORD = 64 * 1024
 _ROOT_FILE = re.compile(r"root-([0-9]{8,})\.json")
 _MANIFEST_FILE = re.compile(r"manifest-([0-9]{8,})\.json")
 
@@ -264,7 +273,6 @@ class Store:
         path = os.path.join(directory, f"manifest-{manifest.version:08d}.json")
         return self._write_new(directory, path, dsse.envelope_to_bytes(envelope))
 
-    # -- node records --------------------------------------------------------------
     # -- destruction receipts --------------------------------------------------------
     def receipts(self, vm_uuid: str) -> list[dsse.Envelope]:
         """A VM's destruction receipts, oldest first (a re-run after a partial failure adds a final one)."""
@@ -279,6 +287,7 @@ class Store:
         path = os.path.join(self.receipts_dir, f"{validate.vm_uuid(vm_uuid)}-{len(existing) + 1:04d}.json")
         return self._write_new(self.receipts_dir, path, dsse.envelope_to_bytes(envelope))
 
+    # -- node records --------------------------------------------------------------
     def list_nodes(self) -> list[str]:
         try:
             entries = sorted(os.listdir(self.nodes_dir))
@@ -286,24 +295,96 @@ class Store:
             return []
         return [entry[: -len(".json")] for entry in entries if entry.endswith(".json") and not entry.startswith(".")]
 
-    def read_node(self, name: str) -> dict:
-        """A node record as the node_enroll role wrote it (JSON object, format checked)."""
-        name = check_node_name(name)
-        path = os.path.join(self.nodes_dir, f"{name}.json")
+    def _node_path(self, name: str) -> str:
+        return os.path.join(self.nodes_dir, f"{check_node_name(name)}.json")
+
+    def read_node(self, name: str) -> dict | None:
+        """A node's record as stored (a JSON object); None if the node is not enrolled.
+
+        Nothing in it is trusted here: the controller checks the signature and the node's name
+        (_authority/node_record.py), and says so when it is an old unsigned record.
+        """
+        path = self._node_path(name)
         try:
-            data = read_regular(path, f"node record of '{name}'", 1024 * 1024)
+            data = read_regular(path, f"node record of '{name}'", MAX_NODE_RECORD)
         except FileNotFoundError:
-            raise InputError(
-                f"node '{name}' is not enrolled in the store ({path} does not exist); enroll it first "
-                "(playbook ironclaw.sealed.enroll)"
-            ) from None
+            return None
         try:
-            record = json.loads(data.decode("utf-8"))
+            doc = json.loads(data.decode("utf-8"))
         except ValueError as err:
             raise FormatError(f"store: node record {path} is not valid JSON ({err}); enroll the node again") from None
-        if not isinstance(record, dict) or record.get("format") != NODE_RECORD_FORMAT or record.get("node") != name:
-            raise FormatError(
-                f"store: node record {path} is not an {NODE_RECORD_FORMAT} record for node '{name}'; "
-                "enroll the node again"
-            )
-        return record
+        if not isinstance(doc, dict):
+            raise FormatError(f"store: node record {path} is not a JSON object; enroll the node again")
+        return doc
+
+    def put_node(self, envelope: dsse.Envelope) -> bool:
+        """Write (or replace, on a deliberate re-enrollment) a node's record; the same record again changes nothing.
+
+        The record's signature was checked on the controller, which signed it; the name comes from the payload."""
+        if envelope.payload_type != NODE_PAYLOAD_TYPE:
+            raise FormatError(f"node record to store: payloadType {envelope.payload_type!r} is not a node record")
+        record = parse_node_record(envelope.payload, "node record to store")
+        path = self._node_path(record.node)
+        data = dsse.envelope_to_bytes(envelope)
+        try:
+            if read_regular(path, "store: node record", MAX_NODE_RECORD) == data:
+                return False
+        except FileNotFoundError:
+            pass
+        self.init()
+        write_atomic(path, data, 0o600)
+        return True
+
+    # -- the head ---------------------------------------------------------------------
+    def view(self) -> store_head.StoreView:
+        """What this store holds, as a head lists it: each VM's newest manifest (chains checked), every other file."""
+        vms = {}
+        for uuid in self.vm_uuids():
+            ref = self.floor(uuid)
+            if ref is not None:
+                vms[uuid] = ManifestRef(ref.version, ref.digest)
+        files = {}
+        for directory, pattern in (
+            (self.nodes_dir, "*.json"),
+            (self.receipts_dir, "*.json"),
+            (self.trust_dir, "root-*.json"),
+        ):
+            for path in sorted(glob.glob(os.path.join(directory, pattern))):
+                name = os.path.relpath(path, self.path)
+                if not store_head.FILE_NAME.fullmatch(name):
+                    raise FormatError(f"store: unexpected file {path}; move it out of the store")
+                files[name] = hashlib.sha256(read_regular(path, "store file")).hexdigest()
+        return store_head.StoreView(vms=vms, files=files)
+
+    @property
+    def head_path(self) -> str:
+        return os.path.join(self.path, store_head.HEAD_FILE)
+
+    def head(self) -> dsse.Envelope | None:
+        """The store's signed head as stored (checked on the controller and on nodes); None if there is none."""
+        try:
+            data = read_regular(self.head_path, "store head")
+        except FileNotFoundError:
+            return None
+        envelope = dsse.parse_envelope(data, f"store head {self.head_path}")
+        if envelope.payload_type != store_head.HEAD_PAYLOAD_TYPE:
+            raise FormatError(f"store: {self.head_path} is not a store head (payloadType {envelope.payload_type!r})")
+        store_head.parse_head(envelope.payload, f"store head {self.head_path}")
+        return envelope
+
+    def put_head(self, envelope: dsse.Envelope) -> bool:
+        """Replace the head by a newer one (signed and checked on the controller); the same head changes nothing."""
+        new = store_head.parse_head(envelope.payload, "store head to write")
+        current = self.head()
+        if current == envelope:
+            return False
+        if current is not None:
+            old = store_head.parse_head(current.payload, "stored head").version
+            if new.version <= old:
+                raise ForkError(
+                    f"store head version {new.version} is not newer than the stored version {old}: another "
+                    "controller changed the store meanwhile; re-run"
+                )
+        self.init()
+        write_atomic(self.head_path, dsse.envelope_to_bytes(envelope), 0o600)
+        return True
