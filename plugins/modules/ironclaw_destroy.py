@@ -8,10 +8,14 @@ module: ironclaw_destroy
 short_description: Destroy a VM's sealed state for good, on its nodes and on the controller
 version_added: 0.1.0
 description:
-  - O(state=absent) runs on a node. It removes the VM's keyslot, blobs, approval and cached manifest (unlink and
-    fsync of the directory, symlinks refused), then bumps the node's epoch. That revokes every approval ever signed
+  - O(state=absent) runs on a node. It bumps the node's epoch, then removes the VM's keyslot, blobs, approval and
+    cached manifest (unlink and fsync of the directory, symlinks refused). The bump revokes every approval ever signed
     for the node (tpm2) or rewraps the other keyslots under a new KEK and erases the old one (software), so backup
-    copies of the VM's files cannot be unsealed. Returns the other VMs on the node, which need a new approval.
+    copies of the VM's files cannot be unsealed. Files are removed only once the bump is durable; a run cut in
+    between leaves revoked files and no record, and the re-run finishes it. Returns the other VMs on the node, which
+    need a new approval.
+  - Another VM's keyslot that is stale or corrupt never blocks the revocation. It is reported in RV(unusable), left
+    out of RV(survivors) and left as it is (with the software backend it stays wrapped under the erased KEK).
   - O(state=revoked) runs on the controller. It destroys the VM's policy key and leaves a tombstone, so no approval
     or migration grant can ever be signed for the VM again.
   - O(state=receipted) runs on the controller. It signs a destruction receipt (DSSE, trust-root keys) saying what
@@ -170,6 +174,14 @@ proxmox:
   type: dict
 survivors:
   description: The other VMs on the node (C(vmid), C(vm_uuid)); they need an approval for the new epoch.
+  returned: when O(state=absent)
+  type: list
+  elements: dict
+unusable:
+  description:
+    - Keyslots of other VMs on the node that cannot serve any VM, each C(path) and C(reason). A keyslot.json or
+      approval.json that does not parse, or a software keyslot wrapped under an erased KEK (a stale copy put back
+      from a backup) or that does not unwrap. They are not rewrapped and not re-approved.
   returned: when O(state=absent)
   type: list
   elements: dict

@@ -20,7 +20,12 @@ options:
       - C(sealed) creates the keyslot if absent and makes each listed secret's blob hold exactly its content.
         Secrets not listed are left alone. An unchanged secret is not rewritten (compared by decrypting, in constant
         time); a changed one is re-sealed with generation + 1.
-      - C(unsealed) writes each secret to C(dest/<name>), mode 0600, where the content differs.
+      - C(unsealed) writes each secret to C(dest/<name>), mode 0600, where the content differs. First the VM's
+        sealed state is verified against the signed manifest this node cached (when the VM was provisioned,
+        verified or migrated here), its trust roots and its floor record (signatures, expiry, rollback, fork and
+        tombstone, subject (O(cluster), O(vm_ctime)), every file's SHA-256 and size, the exact set). A blob older
+        than the manifest's generation (put back from a backup) is refused as a rollback. Nothing is written to
+        O(dest) unless all of it holds; a VM without a cached manifest is refused (run the verify playbook).
       - C(verified) test-unseals every blob in memory and fails, naming the blobs, when any does not verify.
       - C(approved) checks an approval against the keyslot and node and installs it as C(approval.json).
       - C(exported) (on the source of a migration) re-binds the keyslot to the target named by O(grant) and writes
@@ -30,8 +35,12 @@ options:
         and manifest is kept.
       - C(imported) (on the target) checks the bundle at O(bundle) (against O(envelope) when given), re-binds the
         keyslot under this node (TPM2_Import), test-unseals every blob in memory with O(approval), and only then
-        writes blobs, approval and, last, the keyslot. When the VM's state is already here it only proves it still
-        unseals. The bundle is kept (it names the migration to record); remove it once the manifest is stored.
+        writes blobs, approval and, last, the keyslot. Only when the keyslot holds the bundle's key bound to this
+        node and every blob is the bundle's, byte for byte and the set exact, is the state already here; then it
+        only proves it still unseals. Other files of the VM here (a stale copy put back from a backup) are replaced
+        from the bundle when it is verified against O(envelope), and refused, nothing changed, without it; a
+        keyslot here without a bundle is refused. The bundle is kept (it names the migration to record); remove it
+        once the manifest is stored.
     type: str
     required: true
     choices: [sealed, unsealed, verified, approved, exported, imported]
@@ -115,11 +124,11 @@ options:
     description: With O(envelope), the store's floor for the VM.
     type: dict
   cluster:
-    description: With O(envelope), the cluster name the manifest must name.
+    description: With O(envelope) or O(state=unsealed), the cluster name the manifest must name.
     type: str
     default: default
   vm_ctime:
-    description: With O(envelope), the VM's creation time from Proxmox, when known.
+    description: With O(envelope) or O(state=unsealed), the VM's creation time from Proxmox, when known.
     type: int
   pve:
     description:
@@ -195,6 +204,10 @@ files:
   returned: when O(state=unsealed)
   type: list
   elements: dict
+manifest_version:
+  description: The version of the cached manifest the sealed state was verified against before unsealing.
+  returned: when O(state=unsealed)
+  type: int
 epoch:
   description: The epoch of the installed approval.
   returned: when O(state=approved)
@@ -219,9 +232,18 @@ vm:
   returned: when O(state=exported) and O(pve=true)
   type: str
 migration:
-  description: The bundle's migration record (C(source), C(target), C(not_after)); null without a bundle.
+  description: The bundle's migration record (C(source), C(target), C(not_after)).
   returned: when O(state=imported)
   type: dict
+replaced:
+  description:
+    - The VM's files on this node that were not the bundle's (a stale keyslot or blobs, e.g. put back from a backup)
+      and that the verified bundle replaced, or would replace in check mode. Empty when the import had already
+      finished.
+  returned: when O(state=imported)
+  type: list
+  elements: str
+  sample: [master-key.sealed]
 keyslot_id:
   description: The keyslot moved.
   returned: when O(state=exported) or O(state=imported)
@@ -374,7 +396,15 @@ def run(module) -> dict:
             return engine.install_approval(backend, vm, approval, check_mode=module.check_mode)
         if state == "unsealed":
             return engine.unseal_to(
-                backend, vm, p["dest"], names=p["names"], approval=approval, check_mode=module.check_mode
+                backend,
+                vm,
+                p["dest"],
+                names=p["names"],
+                approval=approval,
+                check_mode=module.check_mode,
+                cluster=p["cluster"],
+                vm_ctime=p["vm_ctime"],
+                now=clock(p["now"]),
             )
         result = engine.verify(backend, vm, approval)
         result = {"changed": False, "blobs": result["blobs"], "failed_blobs": result["failed"]}

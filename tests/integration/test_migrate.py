@@ -12,7 +12,7 @@ import signal
 import sys
 
 import pytest
-from playbook_rig import CALLBACKS, DEBIAN_PYTHON, PLAYBOOKS, Lab, Node, leak_markers, vm_uuid_of
+from playbook_rig import CALLBACKS, DEBIAN_PYTHON, PLAYBOOKS, Lab, Node, leak_markers, task_result, vm_uuid_of
 
 from rig.swtpm import Swtpm
 
@@ -256,3 +256,37 @@ def test_bad_fleet_changes_nothing(untouched_lab, args, message):
     done = untouched_lab.run("migrate", *args, expect_fail=True)
     assert message in done.stdout + done.stderr, done.stdout[-3000:]
     assert untouched_lab.snapshot() == before
+
+
+def test_migrating_back_onto_a_stale_copy(lab, tmp_path):
+    """nodeA's copy is saved, the VM moves to nodeB and a secret is rotated there, the saved copy (older keyslot,
+    blobs and cached manifest) is put back on nodeA, then the VM moves back: the verified bundle replaces the stale
+    files, never keeps or approves them, and nodeA opens the newest secrets."""
+    saved = tmp_path / "saved-source-copy"
+    shutil.copytree(lab.vm_dir("nodeA", VMID), saved)
+    migrate(lab)
+    rotated = lab.write_secrets(
+        "rotated.json",
+        [
+            {"name": "master-key", "src": str(lab.big_path)},
+            {"name": "db-pass", "src": str(lab.text_path)},
+            {"name": "api-token", "content": "rotated-on-nodeB"},
+        ],
+    )
+    lab.run("provision", *lab.vm_args("nodeB", VMID, UUID, secrets_file=rotated))
+    newest = {**lab.plaintexts, "api-token": b"rotated-on-nodeB"}
+    on_b = {p.name: p.read_bytes() for p in lab.vm_dir("nodeB", VMID).glob("*.sealed")}
+    shutil.copytree(saved, lab.vm_dir("nodeA", VMID))
+    stale = {p.name: p.read_bytes() for p in lab.vm_dir("nodeA", VMID).glob("*.sealed")}
+    assert stale["api-token.sealed"] != on_b["api-token.sealed"], "the copy put back is older"
+
+    done = migrate(lab, source="nodeB", target="nodeA", verbosity=1)
+    imported = task_result(
+        done.stdout, "Import the bundle, verified against the manifest it came from, and test-unseal it", "nodeA"
+    )
+    assert imported["status"] == "imported" and "api-token.sealed" in imported["replaced"], imported
+    # nodeA's blobs are the bundle's (nodeB's), byte for byte: the stale generation is gone.
+    assert {p.name: p.read_bytes() for p in lab.vm_dir("nodeA", VMID).glob("*.sealed")} == on_b
+    assert history(lab)[-1]["node"]["name"] == "nodeA"
+    assert not lab.vm_dir("nodeB", VMID).exists()
+    assert unsealed(lab, "nodeA", tmp_path) == newest

@@ -338,7 +338,7 @@ def test_import_refuses_other_state_of_the_vm_on_the_target(cluster):
     cluster.export(a, b)
     cluster.carry(a, b)
     before = b.files()
-    with pytest.raises(InputError, match="already has other sealed state"):
+    with pytest.raises(VerificationError, match="already has other sealed state"):
         cluster.import_(b)
     assert b.files() == before
 

@@ -1,6 +1,6 @@
 # Copyright: ironclaw.sealed contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Destroying VMs' sealed state on a node: their files, then the node's epoch (once for all of them).
+"""Destroying VMs' sealed state on a node: the node's epoch (once for all of them), then their files.
 
 Removing files is not erasure (SSD, copy-on-write, Ceph, backups keep copies).
 What makes every copy useless is cryptographic: the epoch bump revokes every
@@ -17,7 +17,11 @@ import glob
 import os
 import stat
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    BackendError,
+    InputError,
+    IronclawError,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
     ensure_dir,
     fsync_dir,
@@ -84,17 +88,43 @@ def remove_vm_files(vm: VmDir, names: list[str]) -> None:
         fsync_dir(vm.state_dir)
 
 
-def surviving_vms(state_dir: str, exclude_uuids: set[str]) -> list[dict]:
-    """The other VMs sealed on this node: they need a new approval (same PCR selection) after the epoch bump."""
-    out = []
+def surviving_vms(state_dir: str, exclude_uuids: set[str], epoch: int | None = None) -> tuple[list[dict], list[dict]]:
+    """(survivors, unusable): the other VMs sealed on this node, which need a new approval (same PCR selection)
+    after the epoch bump, and the keyslots that cannot serve any VM.
+
+    A keyslot.json (or approval.json) that does not parse, or a software keyslot wrapped under another KEK version
+    than `epoch` (a stale copy put back from a backup), is reported as ``{path, reason}`` and never blocks the
+    revocation of the VMs being destroyed.
+    """
+    survivors, unusable = [], []
     for path in sorted(glob.glob(os.path.join(state_dir, "[0-9]*", "keyslot.json"))):
-        keyslot = parse_keyslot(read_regular(path, "keyslot"), path)
-        if keyslot.vm_uuid in exclude_uuids:
+        try:
+            keyslot = parse_keyslot(read_regular(path, "keyslot"), path)
+            if keyslot.vm_uuid in exclude_uuids:
+                continue
+            if keyslot.backend == "software" and epoch is not None and keyslot.sealed.kek_version != epoch:
+                raise BackendError(
+                    f"it is wrapped under node KEK version {keyslot.sealed.kek_version}, not the node's {epoch}: "
+                    "a stale copy (an epoch bump revoked it)"
+                )
+            approval = VmDir(state_dir, keyslot.vmid, keyslot.vm_uuid).approval(required=False)
+        except IronclawError as exc:
+            unusable.append({"path": path, "reason": str(exc)})
             continue
-        approval = VmDir(state_dir, keyslot.vmid, keyslot.vm_uuid).approval(required=False)
         pcrs = approval.pcrs.selection if approval is not None and approval.pcrs else None
-        out.append({"vmid": keyslot.vmid, "vm_uuid": keyslot.vm_uuid, "pcrs": pcrs})
-    return out
+        survivors.append({"vmid": keyslot.vmid, "vm_uuid": keyslot.vm_uuid, "pcrs": pcrs})
+    return survivors, unusable
+
+
+def _merged(*reports: list[dict]) -> list[dict]:
+    """One entry per keyslot path, the first report's reason first."""
+    seen, out = set(), []
+    for report in reports:
+        for entry in report:
+            if entry["path"] not in seen:
+                seen.add(entry["path"])
+                out.append(entry)
+    return sorted(out, key=lambda entry: entry["path"])
 
 
 def destroy_on_node(backend, state_dir: str, vmid: int, vm_uuid: str, *, now: str, check_mode: bool) -> dict:
@@ -108,8 +138,9 @@ def destroy_many_on_node(backend, state_dir: str, vms, *, now: str, check_mode: 
     """Destroy several VMs on this node under one epoch bump (a fleet migrating away, one revocation).
 
     Every VM is checked (its folder holds only plain files of this very VM) before anything is removed; then the
-    files of every VM not destroyed yet go, then the epoch is bumped once, then each VM's record is written. A run
+    epoch is bumped once, then the files of every VM not destroyed yet go, then each VM's record is written. A run
     cut in between finds the VMs without a record and bumps again: a second bump revokes nothing that should live.
+    Another VM's bad keyslot never blocks it: it is reported in ``unusable`` and left out of ``survivors``.
     """
     results, pending = [], []
     for vmid, vm_uuid in vms:
@@ -140,20 +171,37 @@ def destroy_many_on_node(backend, state_dir: str, vms, *, now: str, check_mode: 
         pending.append((vm, evidence))
     if not results:
         raise InputError("no VM to destroy: give at least one")
-    survivors = surviving_vms(state_dir, {r["vm_uuid"] for r in results})
-    if not pending:
-        return {"changed": False, "status": "already-destroyed", "results": results, "survivors": survivors}
+    gone = {r["vm_uuid"] for r in results}
     epoch_before = backend.epoch()
+    if not pending or check_mode:
+        survivors, unusable = surviving_vms(state_dir, gone, epoch_before)
+        for _vm, evidence in pending:
+            evidence["epoch_before"] = epoch_before
+        status = "would-destroy" if pending else "already-destroyed"
+        return {
+            "changed": bool(pending),
+            "status": status,
+            "results": results,
+            "survivors": survivors,
+            "unusable": unusable,
+        }
     for _vm, evidence in pending:
         evidence["epoch_before"] = epoch_before
-    if check_mode:
-        return {"changed": True, "status": "would-destroy", "results": results, "survivors": survivors}
+    # The bump first, the files after: a run cut in between leaves files that are already revoked (and no record),
+    # and the re-run bumps again and removes them. A software bump rewraps every other keyslot on disk (not those
+    # of the VMs being destroyed) and erases the old KEK; one it cannot rewrap is reported, never a blocker.
+    epoch_after, unwrappable = backend.revoke([vm.path for vm, _evidence in pending])
     for vm, evidence in pending:
         remove_vm_files(vm, evidence["files_removed"])
-    # After the files: a software epoch bump rewraps the keyslots still on disk and erases the old KEK.
-    epoch_after = backend.bump_epoch()
     ensure_dir(os.path.join(state_dir, "destroyed"), 0o700)
     for vm, evidence in pending:
         evidence["epoch_after"] = epoch_after
         write_atomic(record_path(state_dir, vm.vm_uuid), canonical.dumps(evidence))
-    return {"changed": True, "status": "destroyed", "results": results, "survivors": survivors}
+    survivors, unusable = surviving_vms(state_dir, gone, epoch_after)
+    return {
+        "changed": True,
+        "status": "destroyed",
+        "results": results,
+        "survivors": survivors,
+        "unusable": _merged(unwrappable, unusable),
+    }

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    InputError,
+    RollbackError,
+    VerificationError,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.cache import NodeCache
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import parse_manifest
@@ -19,6 +23,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_ro
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import (
     ForkError,
     ManifestRef,
+    check_files,
     ref_of,
     verify_manifest,
 )
@@ -101,6 +106,45 @@ def verify_on_node(
         actual=describe_vm(state_dir, vmid, vm_uuid),
     )
     return manifest, root, envelope
+
+
+def verify_cached(state_dir: str, *, vmid: int, vm_uuid: str, cluster: str, vm_ctime: int | None, now: datetime):
+    """Rules 1-5 from what this node holds alone (its cached manifest, trust roots and floor record): the manifest.
+
+    Nothing is taken from the caller but the VM's identity. A blob older than the generation the manifest records
+    (put back from a backup) is a rollback; any other difference in the files is a VerificationError.
+    """
+    cache = NodeCache(state_dir)
+    envelope = cache.manifest(vmid)
+    if envelope is None:
+        raise VerificationError(
+            f"VM {vmid} has no cached manifest on this node ({cache.manifest_path(vmid)} is missing), so its sealed "
+            "state cannot be checked before it is unsealed: publish it (the provision playbook) or run the verify "
+            "playbook for the VM, which verifies its newest signed manifest and caches it here"
+        )
+    manifest = verify_manifest(
+        envelope,
+        root=trusted_root(cache, [], now),
+        now=now,
+        floor=node_floor(cache, vmid, vm_uuid, None),
+        expected={"vmid": vmid, "vm_uuid": vm_uuid, "cluster": cluster, "vm_ctime": vm_ctime},
+        actual=None,
+    )
+    actual = describe_vm(state_dir, vmid, vm_uuid)
+    recorded = {blob.name: blob.generation for blob in manifest.blobs}
+    older = [
+        f"blob '{blob['name']}' is generation {blob['generation']}, the manifest records {recorded[blob['name']]}"
+        for blob in actual["blobs"]
+        if blob["generation"] < recorded.get(blob["name"], 0)
+    ]
+    if older:
+        raise RollbackError(
+            f"rollback: VM {vmid}'s files on this node are older than its manifest version {manifest.version}: "
+            f"{'; '.join(older)}. An old copy was put back (from a backup?); nothing was unsealed. Restore the "
+            "current files (or migrate the VM back from the node that holds them)"
+        )
+    check_files(manifest, actual)
+    return manifest
 
 
 def cache_verified(state_dir: str, vmid: int, envelope, offered_roots: list) -> bool:

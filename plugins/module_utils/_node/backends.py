@@ -4,17 +4,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import glob
 import os
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, PolicyError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import read_regular, write_atomic
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import (
-    SoftwareSealed,
-    Tpm2Sealed,
-    parse_keyslot,
-)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import read_regular
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import SoftwareSealed, Tpm2Sealed
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.keyname import (
     name_of_public_area,
@@ -173,6 +167,10 @@ class TpmBackend(_Backend):
     def bump_epoch(self) -> int:
         return self.node.bump_epoch()
 
+    def revoke(self, revoked_dirs=()) -> tuple[int, list[dict]]:
+        """Bump the epoch: every approval signed for this node dies. The TPM reads no keyslot to do it."""
+        return self.node.bump_epoch(), []
+
     @staticmethod
     def target_name(target_public: bytes) -> bytes:
         """TPM name of the target SRK's TPM2B_PUBLIC."""
@@ -242,7 +240,17 @@ class SoftwareBackend(_Backend):
         return sw_keyslot.unwrap_vrk(kek, keyslot.sealed.wrapped, sw_keyslot.binding_of(keyslot))
 
     def bump_epoch(self) -> int:
-        return self.node.bump_epoch(self._rewrap)
+        return self.revoke()[0]
+
+    def revoke(self, revoked_dirs=()) -> tuple[int, list[dict]]:
+        """Bump the KEK version: the keyslots on disk are rewrapped (but those in `revoked_dirs`), the old KEK
+        erased. Returns the new epoch and the keyslots that could not be rewrapped (now unusable)."""
+        unusable = []
+
+        def rewrap(old_kek: bytes, old: int, new_kek: bytes, new: int) -> None:
+            unusable.extend(sw_keyslot.rewrap_all(self.node.state_dir, old_kek, old, new_kek, new, revoked_dirs))
+
+        return self.node.bump_epoch(rewrap), unusable
 
     @staticmethod
     def target_name(target_public: bytes) -> bytes:
@@ -278,16 +286,6 @@ class SoftwareBackend(_Backend):
             policy_key_name=bundle.policy_key_name,
             migratable=True,
         )
-
-    def _rewrap(self, old_kek: bytes, old: int, new_kek: bytes, new: int) -> None:
-        for path in sorted(glob.glob(os.path.join(self.node.state_dir, "[0-9]*", "keyslot.json"))):
-            keyslot = parse_keyslot(read_regular(path, "keyslot"), path)
-            if keyslot.backend != "software" or keyslot.sealed.kek_version == new:
-                continue
-            binding = sw_keyslot.binding_of(keyslot)
-            vrk = sw_keyslot.unwrap_vrk(old_kek, keyslot.sealed.wrapped, binding)
-            sealed = SoftwareSealed(kek_version=new, wrapped=sw_keyslot.wrap_vrk(new_kek, vrk, binding))
-            write_atomic(path, dataclasses.replace(keyslot, sealed=sealed).to_bytes())
 
 
 def open_backend(backend: str, *, tcti: str | None, state_dir: str):

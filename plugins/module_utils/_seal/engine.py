@@ -10,15 +10,18 @@ generations and actions, never secret bytes or hashes of them.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from dataclasses import dataclass
+from datetime import datetime
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     InputError,
     IronclawError,
     PolicyError,
+    VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
     ensure_dir,
@@ -33,6 +36,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._format.blob impor
     encrypt_blob,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import Keyslot
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.node_check import verify_cached
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.keyname import parse_policy_key_public
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
@@ -243,9 +247,15 @@ def install_approval(backend, vm: VmDir, approval, *, check_mode: bool) -> dict:
     return {"changed": changed, "epoch": approval.epoch}
 
 
-def open_all(backend, vm: VmDir, approval=None, names: list[str] | None = None):
-    """Unseal the VRK once and authenticate each blob; yields (name, header, plaintext | None, error | None)."""
-    keyslot = vm.keyslot()
+def open_all(backend, vm: VmDir, approval=None, names: list[str] | None = None, *, pinned=None):
+    """Unseal the VRK once and authenticate each blob; yields (name, header, plaintext | None, error | None).
+
+    With `pinned` (a verified manifest), the very bytes used are those the manifest names: the keyslot and each
+    blob are hashed as they are read, so nothing swapped after the verification is unsealed.
+    """
+    data, keyslot = vm.read_keyslot()
+    if pinned is not None:
+        _pin(vm, "keyslot.json", data, pinned.keyslot.sha256 if pinned.keyslot else None)
     approval = _require_approval(vm, approval)
     vrk = backend.unseal(keyslot, approval)
     present = vm.blob_names()
@@ -256,16 +266,27 @@ def open_all(backend, vm: VmDir, approval=None, names: list[str] | None = None):
                 f"VM {vm.vmid} has no sealed secret named {', '.join(missing)} (it has: {', '.join(present)})"
             )
         present = [n for n in present if n in set(names)]
+    recorded = {blob.name: blob.sha256 for blob in pinned.blobs} if pinned is not None else {}
     for name in present:
         what = f"blob '{name}' of VM {vm.vmid}"
         try:
-            parsed = vm.read_blob(name)
+            data, parsed = vm.read_blob_bytes(name)
+            if pinned is not None:
+                _pin(vm, f"blob '{name}'", data, recorded.get(name))
             check_blob_identity(
                 parsed.header, vmid=vm.vmid, vm_uuid=vm.vm_uuid, name=name, keyslot_id=keyslot.keyslot_id, what=what
             )
             yield name, parsed.header, decrypt_blob(vrk, parsed, what), None
         except IronclawError as exc:
             yield name, None, None, str(exc)
+
+
+def _pin(vm: VmDir, what: str, data: bytes, sha256: str | None) -> None:
+    if sha256 is None or hashlib.sha256(data).hexdigest() != sha256:
+        raise VerificationError(
+            f"VM {vm.vmid}'s {what} changed since it was verified against its manifest (or is not in it): "
+            "nothing was unsealed; re-run"
+        )
 
 
 def verify(backend, vm: VmDir, approval=None) -> dict:
@@ -283,11 +304,29 @@ def verify(backend, vm: VmDir, approval=None) -> dict:
     return {"blobs": results, "failed": failed, "verified": not failed and bool(results)}
 
 
-def unseal_to(backend, vm: VmDir, dest: str, *, names=None, approval=None, check_mode: bool) -> dict:
-    """Write each secret to dest/<name> (0600), only where the content differs."""
+def unseal_to(
+    backend,
+    vm: VmDir,
+    dest: str,
+    *,
+    names=None,
+    approval=None,
+    check_mode: bool,
+    cluster: str,
+    vm_ctime: int | None,
+    now: datetime,
+) -> dict:
+    """Write each secret to dest/<name> (0600), only where the content differs.
+
+    First the manifest rules 1-5 against this node's cached manifest, trust roots and floor record (DESIGN §7 A9):
+    an old copy of a blob put back from a backup, a swapped keyslot or an expired manifest writes nothing.
+    """
     if os.path.islink(dest):
         raise InputError(f"dest {dest} is a symlink; refusing to write secrets through it")
-    opened = list(open_all(backend, vm, approval, names))
+    manifest = verify_cached(
+        vm.state_dir, vmid=vm.vmid, vm_uuid=vm.vm_uuid, cluster=cluster, vm_ctime=vm_ctime, now=now
+    )
+    opened = list(open_all(backend, vm, approval, names, pinned=manifest))
     bad = [(n, e) for n, _h, _p, e in opened if e]
     if bad:
         raise InputError(f"not unsealing: {'; '.join(e for _n, e in bad)}")
@@ -310,4 +349,4 @@ def unseal_to(backend, vm: VmDir, dest: str, *, names=None, approval=None, check
         ensure_dir(dest, 0o700)
         for path, plaintext in writes:
             write_atomic(path, plaintext, 0o600)
-    return {"changed": bool(writes), "files": results}
+    return {"changed": bool(writes), "files": results, "manifest_version": manifest.version}

@@ -15,9 +15,11 @@ import os
 from datetime import datetime
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    FormatError,
     InputError,
     IronclawError,
     PolicyError,
+    VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import (
     ensure_dir,
@@ -146,18 +148,52 @@ def export_vm(
     return {"changed": True, "status": "exported", **summary}
 
 
-def _imported_already(backend, vm: VmDir, bundle: Bundle | None):
-    """This node's keyslot for the VM when it holds the bundle's (or, without a bundle, any) keyslot."""
-    keyslot = vm.keyslot(required=False)
-    if keyslot is None:
-        return None
-    backend.check_keyslot_node(keyslot)
-    if bundle is not None and keyslot.keyslot_id != bundle.keyslot_id:
-        raise InputError(
-            f"VM {vm.vmid} already has other sealed state on this node (keyslot {keyslot.keyslot_id}, the bundle "
-            f"carries {bundle.keyslot_id}): nothing was changed. Decommission or move the old state first"
-        )
-    return keyslot
+def _same_sealed_object(backend, keyslot, bundle) -> bool:
+    """The keyslot holds the bundle's VRK under the same policy, bound to this node (no TPM command)."""
+    if (keyslot.keyslot_id, keyslot.policy_key_name, keyslot.policy_key_public) != (
+        bundle.keyslot_id,
+        bundle.policy_key_name,
+        bundle.policy_key_public,
+    ):
+        return False
+    try:
+        backend.check_keyslot_node(keyslot)
+    except IronclawError:
+        return False
+    if backend.backend == "tpm2":
+        # Duplication keeps the object's public area, which commits to its sealed data and authPolicy.
+        return keyslot.sealed.public == bundle.keyslot["public"]
+    # Software: the import's wrap under this node's current KEK is deterministic (AES-KWP).
+    return keyslot.sealed == backend.import_keyslot(bundle)
+
+
+def _keyslot_here(vm: VmDir):
+    """(whether the VM has a keyslot file here, that keyslot or None): one that does not parse is there, and stale."""
+    try:
+        keyslot = vm.keyslot(required=False)
+    except FormatError:
+        if os.path.islink(vm.keyslot_path):
+            raise
+        return True, None
+    return keyslot is not None, keyslot
+
+
+def _stale_files(backend, vm: VmDir, has_keyslot: bool, keyslot, bundle: Bundle) -> list[str]:
+    """This node's files of the VM that are not exactly what importing the bundle leaves: a keyslot that is not the
+    bundle's (or does not parse), every blob whose bytes differ from the bundle's or that the bundle does not carry
+    and, beside a keyslot, every blob of the bundle that is missing."""
+    carried = dict(bundle.blobs)
+    stale = []
+    if has_keyslot and (keyslot is None or not _same_sealed_object(backend, keyslot, bundle)):
+        stale.append(os.path.basename(vm.keyslot_path))
+    present = vm.blob_names()
+    for name in present:
+        if carried.get(name) != read_regular(vm.blob_path(name), f"blob '{name}' of VM {vm.vmid}"):
+            stale.append(os.path.basename(vm.blob_path(name)))
+    if has_keyslot:
+        # The set is exact: a blob the bundle carries is missing here (a fresh import writes every one anyway).
+        stale.extend(os.path.basename(vm.blob_path(name)) for name in sorted(carried.keys() - set(present)))
+    return stale
 
 
 def _test_unseal(backend, keyslot, approval, blobs) -> list[dict]:
@@ -188,47 +224,58 @@ def _test_unseal(backend, keyslot, approval, blobs) -> list[dict]:
 def import_vm(backend, vm: VmDir, approval, *, path: str, now: datetime, check_mode: bool, verify=None) -> dict:
     """Import the bundle at `path` under this node, prove it unseals, then write the keyslot last.
 
-    `verify(bundle)`, when given, checks the bundle against the signed manifest it was exported from.
+    `verify(bundle)`, when given, checks the bundle against the signed manifest it was exported from. The bundle is
+    authoritative (DESIGN §7 A8): this node's files count as already imported only when the keyslot holds the
+    bundle's key bound here and every blob is the bundle's, byte for byte, the set exact. Otherwise a verified
+    bundle replaces them (a stale copy put back from a backup, or left by an earlier stay of the VM); they are never
+    kept, and never approved.
     """
     bundle = read_bundle(path)
-    keyslot = _imported_already(backend, vm, bundle)
-    if keyslot is not None:
-        # A run cut short after the import: the state is here; prove it still unseals and tidy up.
-        blobs = [(name, read_regular(vm.blob_path(name), f"blob '{name}'")) for name in vm.blob_names()]
-        results = _test_unseal(backend, keyslot, approval, blobs)
-        return {
-            "changed": _install(vm, approval, check_mode),
-            "status": "already-imported",
-            "keyslot_id": keyslot.keyslot_id,
-            "blobs": results,
-            "migration": _migration_of(bundle),
-        }
+    has_keyslot, keyslot = _keyslot_here(vm)
     if bundle is None:
-        raise InputError(
-            f"no transfer bundle for VM {vm.vmid} at {path} and no sealed state of it on this node: "
-            "export it on the source first (the migrate playbook does)"
+        if not has_keyslot:
+            raise InputError(
+                f"no transfer bundle for VM {vm.vmid} at {path} and no sealed state of it on this node: "
+                "export it on the source first (the migrate playbook does)"
+            )
+        raise VerificationError(
+            f"VM {vm.vmid} has sealed state on this node but no transfer bundle at {path} says it is the VM's current "
+            "state (a stale copy put back from a backup, or left by an earlier stay of the VM?). Nothing was changed "
+            "and nothing approved: run the migrate playbook from the node the store places the VM on; its verified "
+            "bundle replaces this state"
         )
     if (bundle.vmid, bundle.vm_uuid) != (vm.vmid, vm.vm_uuid):
         raise PolicyError(
             f"the bundle at {path} is for VM {bundle.vmid} ({bundle.vm_uuid}), not VM {vm.vmid} ({vm.vm_uuid})"
         )
     backend.check_bundle_target(bundle)
+    if verify is not None:
+        verify(bundle)
+    stale = _stale_files(backend, vm, has_keyslot, keyslot, bundle)
+    if has_keyslot and not stale:
+        # A run cut short after the import: the bundle's state is here; prove it still unseals and tidy up.
+        results = _test_unseal(backend, keyslot, approval, bundle.blobs)
+        return {
+            "changed": _install(vm, approval, check_mode),
+            "status": "already-imported",
+            "keyslot_id": keyslot.keyslot_id,
+            "blobs": results,
+            "replaced": [],
+            "migration": _migration_of(bundle),
+        }
     if not _not_expired(bundle, now):
         raise PolicyError(
             f"the bundle for VM {vm.vmid} was valid until {bundle.not_after}: the migration window closed. "
             "Nothing was changed; re-run the migration to export a fresh bundle"
         )
-    if verify is not None:
-        verify(bundle)
-    for name in vm.blob_names():
-        header = vm.read_blob(name).header
-        if header.keyslot_id != bundle.keyslot_id:
-            raise InputError(
-                f"{vm.blob_path(name)} belongs to another keyslot of VM {vm.vmid} ({header.keyslot_id}): "
-                "nothing was changed; move it aside (keep it as evidence) and re-run"
-            )
+    if stale and verify is None:
+        raise VerificationError(
+            f"VM {vm.vmid} already has other sealed state on this node ({', '.join(stale)} differ from the bundle): "
+            "nothing was changed. Only a bundle verified against its signed manifest (envelope) replaces it; or "
+            "decommission or move the old state first"
+        )
     sealed = backend.import_keyslot(bundle)
-    keyslot = Keyslot(
+    imported = Keyslot(
         vmid=vm.vmid,
         vm_uuid=vm.vm_uuid,
         keyslot_id=bundle.keyslot_id,
@@ -239,17 +286,24 @@ def import_vm(backend, vm: VmDir, approval, *, path: str, now: datetime, check_m
         policy_key_public=bundle.policy_key_public,
         sealed=sealed,
     )
-    results = _test_unseal(backend, keyslot, approval, bundle.blobs)
-    out = {"keyslot_id": bundle.keyslot_id, "blobs": results, "migration": _migration_of(bundle)}
+    results = _test_unseal(backend, imported, approval, bundle.blobs)
+    out = {"keyslot_id": bundle.keyslot_id, "blobs": results, "replaced": stale, "migration": _migration_of(bundle)}
     if check_mode:
         return {"changed": True, "status": "would-import", **out}
     vm.ensure()
+    # A stale keyslot goes first, so that until the new one is written last no keyslot claims a finished import.
+    if has_keyslot:
+        remove_file(vm.keyslot_path)
+    carried = dict(bundle.blobs)
+    for name in vm.blob_names():
+        if name not in carried:
+            remove_file(vm.blob_path(name))
     for name, data in bundle.blobs:
         vm.write(vm.blob_path(name), data)
     _install(vm, approval, check_mode)
     # The keyslot last: its presence means the import finished. The bundle stays until the migration is
     # recorded (it says what to record); remove_bundle() then tidies up.
-    vm.write(vm.keyslot_path, keyslot.to_bytes())
+    vm.write(vm.keyslot_path, imported.to_bytes())
     return {"changed": True, "status": "imported", **out}
 
 

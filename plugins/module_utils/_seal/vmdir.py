@@ -48,6 +48,11 @@ class VmDir:
 
     # -- reading ---------------------------------------------------------------
     def keyslot(self, required: bool = True):
+        read = self.read_keyslot(required)
+        return None if read is None else read[1]
+
+    def read_keyslot(self, required: bool = True):
+        """(the keyslot.json bytes, the keyslot parsed from those very bytes), or None when absent and not required."""
         try:
             data = read_regular(self.keyslot_path, f"VM {self.vmid} keyslot")
         except FileNotFoundError:
@@ -62,7 +67,7 @@ class VmDir:
                 f"the keyslot in {self.path} belongs to VM {keyslot.vmid} ({keyslot.vm_uuid}), not VM {self.vmid} "
                 f"({self.vm_uuid}); VMIDs are reused: destroy the old VM's state before sealing for a new one"
             )
-        return keyslot
+        return data, keyslot
 
     def approval(self, required: bool = True):
         try:
@@ -86,9 +91,13 @@ class VmDir:
         return names
 
     def read_blob(self, name: str):
+        return self.read_blob_bytes(name)[1]
+
+    def read_blob_bytes(self, name: str):
+        """(the blob file's bytes, the blob parsed from those very bytes)."""
         what = f"blob '{name}' of VM {self.vmid}"
         data = read_regular(self.blob_path(name), what)
-        return parse_blob(data, what)
+        return data, parse_blob(data, what)
 
     # -- writing ---------------------------------------------------------------
     def write(self, path: str, data: bytes) -> None:
