@@ -14,10 +14,15 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger 
     VmLedger,
     controller_roots,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import (
+    check_enrolled,
+    verified_record,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     InputError,
     IronclawError,
+    PlacementError,
     PolicyError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
@@ -43,7 +48,8 @@ ARGUMENT_SPEC = {
     "chains": {"type": "dict"},
     "vms": {"type": "list", "elements": "dict"},
     "provision": {"type": "bool", "default": False},
-    "target": {"type": "dict"},
+    "node_record": {"type": "raw"},
+    "target": {"type": "raw"},
     "target_name": {"type": "str"},
     "not_after": {"type": "str"},
     "epoch": {"type": "int"},
@@ -80,16 +86,12 @@ def _node_binding(node: dict, epoch_override):
     )
 
 
-def _target_binding(target: dict | None, source_name: bytes):
-    if not target or not target.get("srk_name") or not target.get("srk_public"):
-        raise InputError(
-            "state=granted needs target: the target node's enrolled record (srk_name, srk_public); "
-            "is the target enrolled (ironclaw.sealed.enroll)?"
-        )
-    name = canonical.tpm_name(target["srk_name"], "target.srk_name")
+def _target_binding(target, source_name: bytes):
+    """The target's SRK name and public area, from its signed record (verified by the caller)."""
+    name = canonical.tpm_name(target.srk_name, "target.srk_name")
     if name == source_name:
         raise InputError("the target is the source node itself: a VM cannot migrate to the node it is on")
-    return name, canonical.b64decode(target["srk_public"], "target.srk_public")
+    return name, canonical.b64decode(target.srk_public, "target.srk_public")
 
 
 def _pcr_binding(pcrs: dict | None):
@@ -135,8 +137,9 @@ class ActionModule(ActionBase):
         decision = None
         if args["state"] in ("approved", "granted"):
             # Decide before anything is created or signed: a refusal changes nothing.
-            ledger = VmLedger.verify(vm_uuid, args["chain"], controller_roots(args["controller_dir"], now))
-            decision = _decide(args, ledger, spec, now)
+            roots = controller_roots(args["controller_dir"], now)
+            ledger = VmLedger.verify(vm_uuid, args["chain"], roots)
+            decision = _decide(args, ledger, spec, now, roots)
         changed = False
         if not store.exists(vmid, vm_uuid):
             if args["state"] != "present" and not args["provision"]:
@@ -175,7 +178,7 @@ class ActionModule(ActionBase):
             out["approval"] = approval.to_dict()
         if args["state"] == "granted":
             node_name, nv_name, epoch = _node_binding(args["node"], args["epoch"])
-            target_name, target_public = _target_binding(args["target"], node_name)
+            target_name, target_public = _target_binding(decision["target"], node_name)
             grant = sign_grant(
                 store.load(vmid, vm_uuid),
                 vmid=vmid,
@@ -193,8 +196,12 @@ class ActionModule(ActionBase):
         return out
 
 
-def _decide(args: dict, ledger: VmLedger, spec, now) -> dict:
+def _decide(args: dict, ledger: VmLedger, spec, now, roots) -> dict:
     """The authority rules (module_utils/_authority/rules.py) for this request."""
+    if args["node_record"] is not None or args["provision"]:
+        # A node the ledger does not know yet is approved only as the node its signed record enrolled (A4).
+        record = verified_record(args["node_record"], roots, args["node_name"], now)
+        check_enrolled(record, args["node_name"], (args["node"] or {}).get("srk_name") or "(none)")
     node = _node_view(args["node_name"], args["node"], "node")
     if args["state"] == "approved":
         selection, _digest = _pcr_binding(args["pcrs"])
@@ -208,10 +215,18 @@ def _decide(args: dict, ledger: VmLedger, spec, now) -> dict:
         )
         return {"policy": policy}
     rules.requested_policy(args["provision"], args["policy"])
-    target = _node_view(args["target_name"], args["target"], "target")
+    # A3: the target is the node its signed record enrolled, verified here against the controller's own roots.
+    record = verified_record(args["target"], roots, args["target_name"], now)
+    backend = args["node"].get("backend")
+    if backend and record.backend != backend:
+        raise PlacementError(
+            f"the target {args['target_name']} is enrolled with the {record.backend} backend, the source "
+            f"{args['node_name']} uses {backend}: a keyslot moves only between nodes of the same backend"
+        )
+    target = NodeView.of(args["target_name"], record.srk_name)
     not_after = canonical.parse_timestamp(args["not_after"], "not_after")
     move = rules.grant_duplication(ledger, node, target, now=now, not_after=not_after)
-    return {"policy": ledger.policy, "move": move}
+    return {"policy": ledger.policy, "move": move, "target": record}
 
 
 def _placed(args: dict, now) -> dict:

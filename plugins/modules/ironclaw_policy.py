@@ -91,11 +91,21 @@ options:
         record, its C(srk_name), C(epoch_nv_name) and C(epoch) are used.
       - With O(state=granted), the source node, the same way (its current C(epoch)).
     type: dict
+  node_record:
+    description:
+      - The signed record of O(node_name) as the store holds it
+        (RV(ironclaw.sealed.ironclaw_manifest#module:node_record) of C(listed) with C(node_name)). Its signature is
+        checked against the controller's own trust root and the SRK of O(node) must be the one it enrolled.
+      - Required when O(provision) is true (a VM the ledger does not know yet is approved only on an enrolled node);
+        checked whenever given.
+    type: raw
   target:
     description:
-      - With O(state=granted), the target node's enrolled record (or M(ironclaw.sealed.ironclaw_node) result),
-        its C(srk_name) and C(srk_public) (the SRK public area, or the software enrollment key) are used.
-    type: dict
+      - With O(state=granted), the target's signed record as the store holds it (the C(node_record) result of
+        C(listed) with C(node_name)). The controller verifies it against its own trust root and the name
+        O(target_name) inside it; the grant binds the SRK it enrolled, never a value a node or the store host offers.
+      - The target must use the same backend as the source.
+    type: raw
   epoch:
     description: Approve this epoch instead of the node's current one.
     type: int
@@ -148,7 +158,7 @@ EXAMPLES = r"""
     node: "{{ source_facts }}"
     node_name: pve1
     chain: "{{ listed.chain }}"
-    target: "{{ target_record }}"
+    target: "{{ target_listing.node_record }}"
     target_name: pve2
     not_after: "2030-06-01T13:00:00Z"
   register: grant

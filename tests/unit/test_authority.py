@@ -18,6 +18,10 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger 
     VmLedger,
     controller_roots,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import (
+    check_enrolled,
+    verified_record,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     DecommissionedError,
     ExpiredError,
@@ -30,9 +34,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import Ed25519PrivateKey
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, payload, trust_root
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import envelope_digest
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import NODE_PAYLOAD_TYPE, NodeRecord
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -382,3 +388,70 @@ def test_controller_root_is_the_controllers_own(tmp_path):
     envelope = trust_root.new_root([KEY], 1, issued_at=NOW - DAY, expires=NOW + 365 * DAY)
     TrustKeyStore(str(tmp_path)).save_root(envelope, dsse.envelope_to_bytes(envelope))
     assert [root.keys for root in controller_roots(str(tmp_path), NOW)] == [ROOT.keys]
+
+
+# -- A3/A4: grants and first approvals bind only what a signed node record enrolled ----------------------------
+
+
+def _node_record(name: str, srk: str, *, enrolled_at: datetime = NOW - DAY, backend: str = "tpm2"):
+    return NodeRecord(
+        node=name,
+        backend=backend,
+        srk_name=srk,
+        srk_public="AAEAAQ==",
+        epoch_nv_index="0x01500000" if backend == "tpm2" else None,
+        epoch_nv_name=("000b" + "ee" * 32) if backend == "tpm2" else None,
+        enrolled_at=canonical.utc_timestamp(enrolled_at),
+    )
+
+
+def _signed_record(record, signer=KEY) -> dict:
+    return dsse.envelope_to_dict(dsse.sign(record.to_bytes(), NODE_PAYLOAD_TYPE, [signer]))
+
+
+def test_target_record_signed_by_the_controller_is_the_one_bound():
+    record = verified_record(_signed_record(_node_record("node-b", B.id)), [ROOT], "node-b", NOW)
+    assert record.srk_name == B.id
+
+
+def test_forged_target_record_gets_no_grant():
+    """A software key posing as the target's SRK, in a record the store host (or anyone) signed: refused."""
+    forged = _signed_record(_node_record("node-b", "000b" + "ff" * 32), signer=FORGER)
+    with pytest.raises(ThresholdError):
+        verified_record(forged, [ROOT], "node-b", NOW)
+
+
+def test_swapped_target_record_gets_no_grant():
+    """node-c's genuine record filed under node-b's name: the name inside the signed payload decides."""
+    with pytest.raises(VerificationError, match="swapped"):
+        verified_record(_signed_record(_node_record("node-c", C.id)), [ROOT], "node-b", NOW)
+
+
+def test_unenrolled_target_gets_no_grant():
+    with pytest.raises(InputError, match="not enrolled"):
+        verified_record(None, [ROOT], "node-b", NOW)
+
+
+def test_record_signed_by_a_retired_key_after_the_rotation_is_refused():
+    """Keys retired by a rotation sign nothing new: a record they signed after it does not count; one from before
+    the rotation still does."""
+    new_key = Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32)
+    rotated_at = NOW - DAY / 2
+    v2 = trust_root.rotate(ROOT.envelope, [KEY], [new_key], 1, issued_at=rotated_at, expires=NOW + 365 * DAY)
+    roots = trust_root.load_versions([ROOT.envelope, v2], NOW)
+    before = _signed_record(_node_record("node-b", B.id, enrolled_at=rotated_at - DAY / 4))
+    assert verified_record(before, roots, "node-b", NOW).srk_name == B.id
+    after = _signed_record(_node_record("node-b", "000b" + "ff" * 32, enrolled_at=rotated_at + DAY / 4))
+    with pytest.raises(ThresholdError):
+        verified_record(after, roots, "node-b", NOW)
+    renewed = _signed_record(_node_record("node-b", B.id, enrolled_at=rotated_at + DAY / 4), signer=new_key)
+    assert verified_record(renewed, roots, "node-b", NOW).srk_name == B.id
+
+
+def test_node_answering_with_another_srk_gets_no_first_approval():
+    """Provisioning approves a node only as the node its signed record enrolled (TPM swapped, or another machine
+    answering under its name)."""
+    record = _node_record("node-a", A.id)
+    check_enrolled(record, "node-a", A.id.upper())
+    with pytest.raises(PlacementError, match="signed record holds"):
+        check_enrolled(record, "node-a", B.id)

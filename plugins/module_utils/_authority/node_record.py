@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     FormatError,
     InputError,
+    PlacementError,
+    ThresholdError,
     VerificationError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
@@ -90,3 +92,37 @@ def record_to_sign(
             "record the new SRK."
         )
     return new, "re-enrolled"
+
+
+def verified_record(envelope_doc, roots: list[TrustRoot], node_name: str, now: datetime) -> NodeRecord:
+    """The signed record of ``node_name`` under the controller's roots (every version, newest last).
+
+    A record signed under an older root counts only if it was enrolled before that root's successor was issued:
+    keys retired by a rotation sign nothing new. No record at all is an ``InputError`` naming ``enroll``.
+    """
+    if envelope_doc is None:
+        raise InputError(
+            f"{node_name} is not enrolled (no signed node record in the store): run ironclaw.sealed.enroll for it "
+            "first. Nothing was signed"
+        )
+    try:
+        return verify_node_record(envelope_doc, roots[-1], node_name, now)
+    except ThresholdError as newest_refusal:
+        for older, successor in zip(roots, roots[1:], strict=False):
+            try:
+                record = verify_node_record(envelope_doc, older, node_name, now)
+            except ThresholdError:
+                continue
+            if canonical.parse_timestamp(record.enrolled_at, f"node record of '{node_name}'") < successor.issued_at:
+                return record
+        raise newest_refusal from None
+
+
+def check_enrolled(record: NodeRecord, node_name: str, srk_name: str) -> None:
+    """The node answering now must be the node enrolled: its SRK name is the one the signed record holds."""
+    if record.srk_name.lower() != str(srk_name).lower():
+        raise PlacementError(
+            f"{node_name}'s TPM answers with SRK {str(srk_name)[:20]}…, but its signed record holds "
+            f"{record.srk_name[:20]}… (TPM cleared or replaced, or another machine answering under its name?): "
+            "nothing is signed for it; re-enroll it deliberately (node_enroll_replace=true) if its TPM was replaced"
+        )
