@@ -23,7 +23,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import (
     record_to_sign,
-    verify_node_record,
+    verified_record,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     FormatError,
@@ -284,12 +284,12 @@ def node_record_envelope(args: dict, record, now: datetime):
     return dsse.sign(record.to_bytes(), NODE_PAYLOAD_TYPE, _signing_keys(TrustKeyStore(args["controller_dir"]), now))
 
 
-def current_record(doc, root, node_name: str, replace: bool, now: datetime):
+def current_record(doc, roots, node_name: str, replace: bool, now: datetime):
     """The node's enrolled record, or None; an old unsigned one, or (with replace) an invalid one, is replaced."""
     if doc is None or doc.get("format") == OLD_NODE_RECORD_FORMAT:
         return None
     try:
-        return verify_node_record(doc, root, node_name, now)
+        return verified_record(doc, roots, node_name, now)
     except (FormatError, VerificationError):
         if replace:
             return None
@@ -342,11 +342,13 @@ class ActionModule(SplitAction):
         listing = self._module(dict(self._task.args))
         if listing.get("failed"):
             return listing
-        root, out = checked_listing(listing, args["controller_dir"], now)
+        _root, out = checked_listing(listing, args["controller_dir"], now)
         if args["node_name"] is not None:
             # A4: a record counts only once this controller's trust root verified it for this node.
             doc = listing["node_record"]
-            out["node"] = None if doc is None else verify_node_record(doc, root, args["node_name"], now).to_dict()
+            # A record signed before a trust-root rotation counts under the root that signed it.
+            roots = controller_roots(args["controller_dir"], now)
+            out["node"] = None if doc is None else verified_record(doc, roots, args["node_name"], now).to_dict()
         return out
 
     def _stored(self, args: dict, now: datetime) -> dict:
@@ -362,8 +364,9 @@ class ActionModule(SplitAction):
         listing = self._module({"state": "listed", "store_dir": args["store_dir"], "node_name": args["node_name"]})
         if listing.get("failed"):
             return listing
-        root, _listing = checked_listing(listing, args["controller_dir"], now)
-        current = current_record(listing["node_record"], root, args["node_name"], args["replace"], now)
+        checked_listing(listing, args["controller_dir"], now)
+        roots = controller_roots(args["controller_dir"], now)
+        current = current_record(listing["node_record"], roots, args["node_name"], args["replace"], now)
         record, reason = record_to_sign(args["node_facts"], args["node_name"], current, args["replace"], now)
         if record is None:
             return {"changed": False, "node": current.to_dict(), "reason": reason}

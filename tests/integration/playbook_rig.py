@@ -10,6 +10,7 @@ changed, and the JSON results it prints after ``=>``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,6 +23,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from rig.swtpm import Swtpm
 
 HERE = Path(__file__).resolve().parent
 # Test-only callbacks (kill_after: fault injection).
@@ -322,6 +325,24 @@ class Lab:
         return self.run(
             str(PLAYBOOKS / "unseal.yml"), *self.vm_args(node, vmid), "-e", f"unseal_dest={dest}", **options
         )
+
+
+@contextlib.contextmanager
+def enrolled_lab(root: Path, nodes: list[tuple[str, str, str]], provision: tuple[tuple[str, int], ...] = ()):
+    """A lab of (name, backend, python) nodes, a swtpm of its own for each tpm2 node, initialised and enrolled, with
+    (node, vmid) VMs provisioned; every swtpm is stopped on the way out."""
+
+    with contextlib.ExitStack() as stack:
+        made = []
+        for name, backend, python in nodes:
+            tcti = stack.enter_context(Swtpm()).tcti if backend == "tpm2" else None
+            made.append(Node(name, backend, root / name, python, tcti=tcti))
+        lab = Lab(root, made)
+        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
+        lab.run("enroll")
+        for node, vmid in provision:
+            lab.provision(node, vmid)
+        yield lab
 
 
 def _text(data: bytes) -> str:

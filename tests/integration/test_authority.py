@@ -80,3 +80,30 @@ def test_store_records_the_policy_and_migration_keeps_it(lab):
     """The first manifest records the provisioned policy; the migration's version keeps it."""
     migrate(lab)
     assert [m["policy"] for m in history(lab)] == [{"migratable": True, "pcrs": None}] * 2
+
+
+def test_unsealed_refuses_an_older_generation_and_writes_nothing(lab, tmp_path):
+    """A9: an older generation of a blob put back from a backup is refused by state=unsealed (the node's cached
+    manifest and floor name the newer one) before anything is written to dest."""
+    older = lab.blob("nodeA", VMID, "api-token").read_bytes()
+    rotated = lab.write_secrets(
+        "rotated.json",
+        [
+            {"name": "master-key", "src": str(lab.big_path)},
+            {"name": "db-pass", "src": str(lab.text_path)},
+            {"name": "api-token", "content": "rotated-on-nodeA"},
+        ],
+    )
+    lab.run("provision", *lab.vm_args("nodeA", VMID, secrets_file=rotated))
+    newer = lab.blob("nodeA", VMID, "api-token").read_bytes()
+    assert newer != older
+    lab.blob("nodeA", VMID, "api-token").write_bytes(older)
+
+    dest = tmp_path / "out-rolled-back"
+    done = lab.unseal("nodeA", VMID, dest, expect_fail=True)
+    assert "api-token" in done.stdout and ("generation" in done.stdout or "manifest" in done.stdout), done.stdout
+    assert not dest.exists() or not any(dest.iterdir()), "nothing was written"
+    assert lab.blob("nodeA", VMID, "api-token").read_bytes() == older, "the refused blob is left for inspection"
+
+    lab.blob("nodeA", VMID, "api-token").write_bytes(newer)
+    assert unsealed(lab, "nodeA", tmp_path) == {**lab.plaintexts, "api-token": b"rotated-on-nodeA"}

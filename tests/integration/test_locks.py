@@ -14,9 +14,7 @@ import sys
 import time
 
 import pytest
-from playbook_rig import CALLBACKS, DEBIAN_PYTHON, PLAYBOOKS, Lab, Node, vm_uuid_of
-
-from rig.swtpm import Swtpm
+from playbook_rig import CALLBACKS, DEBIAN_PYTHON, PLAYBOOKS, Lab, enrolled_lab, vm_uuid_of
 
 pytestmark = pytest.mark.swtpm
 
@@ -26,22 +24,10 @@ SHORT = ("-e", "ironclaw_lock_timeout=2")
 ACQUIRE_TASK = "Take the run's locks in the store, one per VM and one for the source node"
 
 
-@contextlib.contextmanager
 def three_nodes(root):
     """nodeA (Debian's python), nodeB and nodeC (the venv's), each on its own swtpm, enrolled; VM 300 on nodeA."""
-    with Swtpm() as tpm_a, Swtpm() as tpm_b, Swtpm() as tpm_c:
-        lab = Lab(
-            root,
-            [
-                Node("nodeA", "tpm2", root / "nodeA", DEBIAN_PYTHON, tcti=tpm_a.tcti),
-                Node("nodeB", "tpm2", root / "nodeB", sys.executable, tcti=tpm_b.tcti),
-                Node("nodeC", "tpm2", root / "nodeC", sys.executable, tcti=tpm_c.tcti),
-            ],
-        )
-        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
-        lab.run("enroll")
-        lab.provision("nodeA", VMID)
-        yield lab
+    nodes = [("nodeA", "tpm2", DEBIAN_PYTHON), ("nodeB", "tpm2", sys.executable), ("nodeC", "tpm2", sys.executable)]
+    return enrolled_lab(root, nodes, provision=(("nodeA", VMID),))
 
 
 @pytest.fixture

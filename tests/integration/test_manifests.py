@@ -88,18 +88,29 @@ def test_offline_signing_round_trip(small_lab: Lab):
     lab = small_lab
     offline = lab.root / "offline-signer"
     sign_dir = lab.root / "exchange"
-    # The offline machine makes the keys and the trust root; the controller only gets the public root.
+    # The offline machine makes the keys and the trust root; the controller gets the public root and the online
+    # key that signs only the store head.
     lab.run("init", "-e", f"ironclaw_controller_dir={offline}")
     (lab.controller_dir / "trust").mkdir(parents=True)
     for root in (offline / "trust").glob("root-*.json"):
         shutil.copy(root, lab.controller_dir / "trust" / root.name)
+    shutil.copytree(offline / "head-keys", lab.controller_dir / "head-keys")
     offline_vars = ("-e", "ironclaw_signing=offline", "-e", f"ironclaw_sign_dir={sign_dir}")
-    init_and_enroll(lab, *offline_vars)
+    lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}", *offline_vars)
     assert not (lab.controller_dir / "trust-keys").exists(), "the controller holds no signing key"
+    # The node record is signed by the trust root too: through the same exchange, confirmed like the rest.
+    stopped = lab.run("enroll", *offline_vars, expect_fail=True)
+    assert "signing request written to" in stopped.stdout and f"node record of {NODE}" in stopped.stdout
+    (node_request,) = sign_dir.glob(f"node-{NODE}.request.json")
+    node_digest = json.loads(node_request.read_text())["summary"]["digest"]
+    confirm_node = json.dumps({"ironclaw_sign_confirm": [node_digest[:16]]})
+    signer = ("-e", f"ironclaw_controller_dir={offline}", "-e", f"ironclaw_sign_dir={sign_dir}")
+    lab.run("sign", *signer, "-e", confirm_node)
+    lab.run("enroll", *offline_vars)
 
     stopped = lab.provision(NODE, VMID, expect_fail=True, extra=offline_vars)
     assert "signing request written to" in stopped.stdout and "ironclaw.sealed.sign" in stopped.stdout
-    (request,) = sign_dir.glob("*.request.json")
+    (request,) = sign_dir.glob(f"{vm_uuid_of(NODE, VMID)}-v*.request.json")
     text = request.read_bytes()
     for plaintext in lab.plaintexts.values():
         for marker in leak_markers(plaintext):

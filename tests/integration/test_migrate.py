@@ -5,16 +5,22 @@ the move, an interrupted run converges, and bad input changes nothing."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import shutil
 import signal
 import sys
 
 import pytest
-from playbook_rig import CALLBACKS, DEBIAN_PYTHON, PLAYBOOKS, Lab, Node, leak_markers, task_result, vm_uuid_of
-
-from rig.swtpm import Swtpm
+from playbook_rig import (
+    CALLBACKS,
+    DEBIAN_PYTHON,
+    PLAYBOOKS,
+    Lab,
+    enrolled_lab,
+    leak_markers,
+    task_result,
+    vm_uuid_of,
+)
 
 pytestmark = pytest.mark.swtpm
 
@@ -22,21 +28,11 @@ VMID, NEIGHBOUR = 300, 301
 UUID = vm_uuid_of("nodeA", VMID)
 
 
-@contextlib.contextmanager
 def two_nodes(root):
     """nodeA (Debian's python) and nodeB (the venv's), each on its own swtpm, enrolled; VM 300 provisioned on nodeA."""
-    with Swtpm() as tpm_a, Swtpm() as tpm_b:
-        lab = Lab(
-            root,
-            [
-                Node("nodeA", "tpm2", root / "nodeA", DEBIAN_PYTHON, tcti=tpm_a.tcti),
-                Node("nodeB", "tpm2", root / "nodeB", sys.executable, tcti=tpm_b.tcti),
-            ],
-        )
-        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
-        lab.run("enroll")
-        lab.provision("nodeA", VMID)
-        yield lab
+    return enrolled_lab(
+        root, [("nodeA", "tpm2", DEBIAN_PYTHON), ("nodeB", "tpm2", sys.executable)], provision=(("nodeA", VMID),)
+    )
 
 
 @pytest.fixture
@@ -157,13 +153,14 @@ def test_bad_input_changes_nothing_on_either_node(untouched_lab, extra, message)
     assert untouched_lab.snapshot() == before
 
 
-def test_unenrolled_target_changes_nothing(untouched_lab, tmp_path):
+def test_target_record_deleted_from_the_store_changes_nothing(untouched_lab, tmp_path):
+    """The store's head lists every node record: one deleted is a truncated store, named, not an unenrolled node."""
     record = untouched_lab.controller_dir / "store" / "nodes" / "nodeB.json"
     record.rename(tmp_path / "nodeB.json")
     try:
         before = untouched_lab.snapshot()
         done = migrate(untouched_lab, expect_fail=True)
-        assert "is not enrolled" in done.stdout
+        assert "file nodes/nodeB.json: listed in the head, missing from the store" in done.stdout
         assert untouched_lab.snapshot() == before
     finally:
         (tmp_path / "nodeB.json").rename(record)

@@ -67,8 +67,16 @@ def offline(tmp_path, playbook_tools) -> Offline:
     (lab.controller_dir / "trust").mkdir(parents=True)
     for root in (rig.signer / "trust").glob("root-*.json"):
         shutil.copy(root, lab.controller_dir / "trust" / root.name)
+    shutil.copytree(rig.signer / "head-keys", lab.controller_dir / "head-keys")
     lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}", *rig.vars)
+    # The node record goes through the exchange like everything the trust root signs.
+    lab.run("enroll", *rig.vars, expect_fail=True)
+    (node_request,) = rig.pending()
+    assert node_request.kind == "node-record" and node_request.document.node == NODE
+    rig.sign(node_request.digest[:16])
     lab.run("enroll", *rig.vars)
+    for done in rig.sign_dir.iterdir():  # consumed: the tests start from an empty exchange
+        done.unlink()
     return rig
 
 

@@ -7,11 +7,10 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from playbook_rig import DEBIAN_PYTHON, Lab, Node, tree, vm_uuid_of
+from playbook_rig import DEBIAN_PYTHON, Lab, enrolled_lab, tree, vm_uuid_of
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import Ed25519PrivateKey
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, trust_root
-from rig.swtpm import Swtpm
 
 pytestmark = pytest.mark.swtpm
 
@@ -21,16 +20,7 @@ VMID = 300
 @pytest.fixture
 def lab(tmp_path, playbook_tools):
     """nodeA on a swtpm (Debian's python), nodeB with the software backend, both enrolled."""
-    with Swtpm() as tpm:
-        lab = Lab(
-            tmp_path,
-            [
-                Node("nodeA", "tpm2", tmp_path / "nodeA", DEBIAN_PYTHON, tcti=tpm.tcti),
-                Node("nodeB", "software", tmp_path / "nodeB", sys.executable),
-            ],
-        )
-        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
-        lab.run("enroll")
+    with enrolled_lab(tmp_path, [("nodeA", "tpm2", DEBIAN_PYTHON), ("nodeB", "software", sys.executable)]) as lab:
         yield lab
 
 

@@ -24,6 +24,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     UnconfirmedError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import statement_of
 
 DEFAULT_MAX_DAYS = 90
 MOST_DAYS = 366
@@ -75,41 +76,16 @@ def check_lifetime(issued_at: str, expires: str, max_days: int, what: str) -> ti
 
 def summary_of_manifest(manifest, payload: bytes) -> dict:
     """Every field of a manifest payload, named for a person to check, with the request digest."""
-    subject = manifest.subject
     return {
         "kind": "manifest",
         "digest": request_digest(payload),
         "manifest_id": manifest.manifest_id,
         "version": manifest.version,
-        "state": manifest.state,
-        "subject": {
-            "vmid": subject.vmid,
-            "vm_uuid": subject.vm_uuid,
-            "vm_ctime": subject.vm_ctime,
-            "cluster": subject.cluster,
-        },
-        "node": {"name": manifest.node.name, "id": manifest.node.id},
-        "keyslot": None
-        if manifest.keyslot is None
-        else {
-            "name": manifest.keyslot.name,
-            "sha256": manifest.keyslot.sha256,
-            "keyslot_id": manifest.keyslot.keyslot_id,
-        },
-        "blobs": [
-            {"name": b.name, "sha256": b.sha256, "size": b.size, "generation": b.generation} for b in manifest.blobs
-        ],
+        "migration": None,  # shown even when the manifest records none
+        **statement_of(manifest),
         "prev": manifest.prev,
-        "migration": None
-        if manifest.migration is None
-        else {
-            "source": manifest.migration.source,
-            "target": manifest.migration.target,
-            "not_after": manifest.migration.not_after,
-        },
         "issued_at": manifest.issued_at,
         "expires": manifest.expires,
-        "policy": manifest.policy.to_dict(),
         "lifetime": str(lifetime(manifest.issued_at, manifest.expires, "manifest")),
     }
 
