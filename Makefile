@@ -72,7 +72,7 @@ units: | $(VENV_STAMP)
 integration: | $(VENV_STAMP)
 	@dirs=tests/lab; if [ -d tests/integration ]; then dirs="tests/integration $$dirs"; fi; \
 	echo "$(PYTHON) -m pytest $$dirs -q --timeout=$(PYTEST_TIMEOUT)"; \
-	rc=0; $(PYTHON) -m pytest $$dirs -q --timeout=$(PYTEST_TIMEOUT) || rc=$$?; \
+	rc=0; $(PYTHON) -m pytest $$dirs -q --timeout=$(PYTEST_TIMEOUT) --durations=15 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "integration: no tests collected yet"; exit 0; fi; \
 	exit $$rc
 
