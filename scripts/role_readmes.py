@@ -4,8 +4,9 @@ Run it with the venv's Python: .venv/bin/python scripts/role_readmes.py [--check
 The table is generated from the role's meta/argument_specs.yml (every option of
 every entry point, its default and description) and defaults/main.yml (defaults
 an entry point leaves unset), between the two markers below; the rest of each
-README is written by hand. `make lint` runs it with --check, so a README cannot
-drift from the argument specs.
+README is written by hand. `make collection` runs it with --check, so a README
+cannot drift from the argument specs. The check also compares each role's
+meta/main.yml min_ansible_version with meta/runtime.yml's requires_ansible.
 """
 
 from __future__ import annotations
@@ -65,13 +66,31 @@ def table(role: Path) -> str:
     return "\n".join([BEGIN, *lines, END])
 
 
+def min_ansible_version(root: Path) -> str:
+    """The lower bound of meta/runtime.yml's requires_ansible (">=2.17.0" -> "2.17.0")."""
+    requires = yaml.safe_load((root / "meta/runtime.yml").read_text())["requires_ansible"]
+    match = re.search(r">=\s*([0-9][0-9.]*)", requires)
+    if not match:
+        raise SystemExit(f"role_readmes: meta/runtime.yml requires_ansible {requires!r} has no '>=' bound")
+    return match.group(1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when a README's table is missing or out of date")
     args = parser.parse_args()
-    roles = sorted(p for p in (Path(__file__).resolve().parent.parent / "roles").iterdir() if p.is_dir())
+    root = Path(__file__).resolve().parent.parent
+    roles = sorted(p for p in (root / "roles").iterdir() if p.is_dir())
+    want_version = min_ansible_version(root)
     stale = []
     for role in roles:
+        meta = yaml.safe_load((role / "meta/main.yml").read_text()) if (role / "meta/main.yml").exists() else None
+        have_version = str(((meta or {}).get("galaxy_info") or {}).get("min_ansible_version"))
+        if have_version != want_version:
+            stale.append(
+                f"{role}/meta/main.yml: min_ansible_version {have_version!r}, "
+                f"meta/runtime.yml requires_ansible says {want_version!r}"
+            )
         readme = role / "README.md"
         text = readme.read_text() if readme.exists() else ""
         if BEGIN not in text or END not in text:
@@ -89,7 +108,11 @@ def main() -> int:
     for line in stale:
         print(f"role_readmes: {line}", file=sys.stderr)
     if stale and args.check:
-        print("role_readmes: run scripts/role_readmes.py and commit the READMEs", file=sys.stderr)
+        print(
+            "role_readmes: rewrite the READMEs' tables with `python scripts/role_readmes.py`;"
+            " set min_ansible_version in roles/*/meta/main.yml by hand",
+            file=sys.stderr,
+        )
     return 1 if stale else 0
 
 
