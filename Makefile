@@ -17,11 +17,12 @@ DEBIAN_PYTHON := /usr/bin/python3
 VENV_STAMP := $(VENV)/.requirements.sha256
 PYTEST_TIMEOUT ?= 600
 
-.PHONY: test bootstrap lint sanity units integration molecule demo bench clean
+.PHONY: test bootstrap lint collection sanity units integration molecule demo bench clean
 
 test:
 	$(MAKE) --no-print-directory bootstrap
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory collection
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory units
 	$(MAKE) --no-print-directory integration
@@ -44,6 +45,37 @@ lint: | $(VENV_STAMP)
 	else \
 	  echo "lint: no YAML under roles/ or playbooks/ yet, ansible-lint skipped"; \
 	fi
+
+# The collection as users get it: built with ansible-galaxy (galaxy.yml's
+# build_ignore applies), then what Galaxy runs on upload (galaxy-importer, its
+# ansible-lint and ansible-test steps off in tests/galaxy-importer.cfg, since
+# lint and sanity run them). On a copy of what git would commit, outside the
+# checkout (under it, antsibull-docs missed a role argument-spec error):
+# antsibull-docs' lint of the plugin and role docs,
+# the role READMEs' variables tables against meta/argument_specs.yml, and the
+# dependencies an execution environment finds (ansible-builder introspect must
+# list requirements.txt's packages). About 20 seconds; any failure fails.
+collection: | $(VENV_STAMP)
+	$(PYTHON) scripts/role_readmes.py --check
+	@root=$$(mktemp -d "$${TMPDIR:-/tmp}/ironclaw-collection.XXXXXX"); trap 'rm -rf "$$root"' EXIT; \
+	dir=$$root/ansible_collections/ironclaw/sealed; mkdir -p "$$dir"; \
+	echo "ansible-galaxy collection build --output-path $$root"; \
+	ansible-galaxy collection build --output-path "$$root" . >/dev/null; \
+	tarball=$$(echo "$$root"/ironclaw-sealed-*.tar.gz); \
+	echo "GALAXY_IMPORTER_CONFIG=tests/galaxy-importer.cfg python -m galaxy_importer.main $$(basename "$$tarball")"; \
+	(cd "$$root" && GALAXY_IMPORTER_CONFIG="$(abspath tests/galaxy-importer.cfg)" $(PYTHON) -m galaxy_importer.main "$$tarball" \
+	  | grep -v '^Loading '); \
+	git ls-files -z -co --exclude-standard | rsync -a --from0 --files-from=- --ignore-missing-args ./ "$$dir"/; \
+	echo "antsibull-docs lint-collection-docs --plugin-docs ansible_collections/ironclaw/sealed"; \
+	antsibull-docs lint-collection-docs --plugin-docs "$$dir"; \
+	echo "ansible-builder introspect --write-pip <pip.txt> ansible_collections"; \
+	: >"$$root/pip.txt"; ansible-builder introspect --write-pip "$$root/pip.txt" "$$root" >/dev/null; \
+	want=$$(sed 's/\s*#.*//' requirements.txt | { grep -v '^\s*$$' || true; } | sort); \
+	have=$$(sed 's/\s*#.*//' "$$root/pip.txt" | { grep -v '^\s*$$' || true; } | sort); \
+	if [ -z "$$want" ] || [ "$$want" != "$$have" ]; then \
+	  echo "collection: ansible-builder introspect found python requirements [$$have], requirements.txt has [$$want]" >&2; exit 1; \
+	fi; \
+	echo "collection: galaxy-importer, antsibull-docs and ansible-builder introspect passed"
 
 # ansible-test needs the collection under ansible_collections/<ns>/<name>: test
 # a copy of what git would commit (tracked + untracked, not ignored). It lists
