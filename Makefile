@@ -94,7 +94,7 @@ sanity: | $(VENV_STAMP)
 # Three interpreters: the venv's, Debian 12's (PVE 8 nodes) and Debian 13's
 # (PVE 9 nodes: Python 3.13, python3-tpm2-pytss 2.3, python3-cryptography 43,
 # swtpm 0.7) in a root scripts/debian-root builds from Debian's packages with
-# mmdebstrap (about 40 seconds, cached under .build/debian-root until its
+# mmdebstrap (25 to 35 seconds, cached under .build/debian-root until its
 # package list changes) and runs the suite in, in namespaces that end with it.
 # That run needs root; without it it is skipped, saying why.
 # "No tests collected" (pytest exit code 5) fails here: the unit suite is never empty.
