@@ -82,6 +82,11 @@ def task_result(output: str, task: str, host: str) -> dict:
     raise AssertionError(f"no result of task {task!r} for {host} in:\n{output[-4000:]}")
 
 
+def task_count(output: str) -> int:
+    """How many tasks a run went through (TASK banners of the default callback, skipped ones included)."""
+    return sum(1 for line in output.splitlines() if line.startswith("TASK ["))
+
+
 def changed_tasks(output: str) -> list[str]:
     """Names of the tasks that reported ``changed`` in default-callback output (role prefix dropped)."""
     changed, task = [], None
