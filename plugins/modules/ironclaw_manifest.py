@@ -350,6 +350,11 @@ chains:
   description: The chains of O(vm_uuids), by uuid.
   returned: when O(state=listed) with O(vm_uuids)
   type: dict
+floors:
+  description: The store's floor record of each of O(vm_uuids), by uuid (null where there is none).
+  returned: when O(state=listed) with O(vm_uuids)
+  type: dict
+
 latest:
   description: The VM's newest envelope in the store, or null.
   returned: when O(state=listed) with O(vm_uuid)

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 from playbook_rig import (
-    CALLBACKS,
     DEBIAN_PYTHON,
     PLAYBOOKS,
     Lab,
     enrolled_lab,
     leak_markers,
+    task_count,
     task_result,
     vm_uuid_of,
 )
@@ -48,6 +48,11 @@ def untouched_lab(tmp_path_factory, playbook_tools):
         yield made
 
 
+# The migrate playbook's ceiling: one task per step, for one VM as for a fleet.
+MIGRATE_TASKS = 15
+IMPORT_STEP = "On the target, import the bundles under approvals signed for it and test-unseal them"
+
+
 def migrate(lab: Lab, *extra: str, source="nodeA", target="nodeB", **options):
     args = ["-e", f"ironclaw_vmid={VMID}", "-e", f"ironclaw_vm_uuid={UUID}"]
     args += ["-e", f"ironclaw_source={source}", "-e", f"ironclaw_target={target}"]
@@ -73,6 +78,7 @@ def test_migration_moves_the_state_and_revokes_the_source(lab, tmp_path):
     shutil.copytree(lab.vm_dir("nodeA", VMID), saved)
     done = migrate(lab, verbosity=4)
     assert "migrated" in done.stdout and "was revoked" in done.stdout
+    assert task_count(done.stdout) <= MIGRATE_TASKS, task_count(done.stdout)
     # At -vvvv neither output holds any secret, in the clear, base64 or hex.
     output = (done.stdout + done.stderr).encode()
     for plaintext in lab.plaintexts.values():
@@ -104,26 +110,17 @@ def test_migration_moves_the_state_and_revokes_the_source(lab, tmp_path):
     unsealed(lab, "nodeA", tmp_path, expect_fail=True)
 
 
-KILL_POINTS = [
-    "Stop the VM and export its keyslot to the target",  # after export
-    "Bring the bundle to this node",  # after transfer
-    "Import the bundle, verified against the manifest it came from, and test-unseal it",  # after import
-    "Refuse to revoke before the target recorded the move",  # before the source is revoked
-]
+# The steps' Python boundaries (plugins/plugin_utils/faults.py): the run dies right after each of them.
+KILL_POINTS = ["migration.exported", "migration.fetched", "migration.imported", "migration.recorded"]
 
 
-@pytest.mark.parametrize("kill_after", KILL_POINTS, ids=["export", "transfer", "import", "before-revocation"])
-def test_killed_migration_converges_when_re_run(lab, tmp_path, kill_after):
-    env = {
-        "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
-        "ANSIBLE_CALLBACKS_ENABLED": "kill_after",
-        "IRONCLAW_KILL_AFTER": kill_after,
-    }
+@pytest.mark.parametrize("kill_at", KILL_POINTS, ids=["export", "transfer", "import", "before-revocation"])
+def test_killed_migration_converges_when_re_run(lab, tmp_path, kill_at):
     killed = lab.start(
         "migrate",
         *["-e", f"ironclaw_vmid={VMID}", "-e", f"ironclaw_vm_uuid={UUID}"],
         *["-e", "ironclaw_source=nodeA", "-e", "ironclaw_target=nodeB"],
-        env_extra=env,
+        env_extra={"IRONCLAW_FAULT_AT": kill_at},
     )
     killed.communicate(timeout=180)
     assert killed.returncode == -signal.SIGKILL, "the run must have been killed at the chosen step"
@@ -176,11 +173,7 @@ def test_re_approval_on_the_source_does_not_pull_back_a_vm_moving_away(lab, tmp_
         "migrate",
         *["-e", f"ironclaw_vmid={NEIGHBOUR}", "-e", f"ironclaw_vm_uuid={neighbour_uuid}"],
         *["-e", "ironclaw_source=nodeA", "-e", "ironclaw_target=nodeB"],
-        env_extra={
-            "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
-            "ANSIBLE_CALLBACKS_ENABLED": "kill_after",
-            "IRONCLAW_KILL_AFTER": "Refuse to revoke before the target recorded the move",
-        },
+        env_extra={"IRONCLAW_FAULT_AT": "migration.recorded"},
     )
     killed.communicate(timeout=180)
     assert killed.returncode == -signal.SIGKILL
@@ -220,7 +213,8 @@ def test_fleet_moves_in_one_run_under_one_epoch_bump(lab, tmp_path):
         assert not lab.vm_dir("nodeA", vmid).exists()
     records = [json.loads((lab.root / "nodeA" / "destroyed" / f"{vm['vm_uuid']}.json").read_text()) for vm in vms]
     assert {(r["epoch_before"], r["epoch_after"]) for r in records} == {(1, 2)}, "one epoch bump for the fleet"
-    assert done.stdout.count("Sign the survivor's approval for the new epoch") == 1, "the neighbour re-approved once"
+    assert done.stdout.count("and 1 other VM(s) here were re-approved") == len(fleet), "the neighbour re-approved once"
+    assert task_count(done.stdout) <= MIGRATE_TASKS, "one task per step, whatever the number of VMs"
     lab.verify("nodeA", NEIGHBOUR)
     assert not list(lab.root.rglob("*.bundle.json"))
 
@@ -278,9 +272,7 @@ def test_migrating_back_onto_a_stale_copy(lab, tmp_path):
     assert stale["api-token.sealed"] != on_b["api-token.sealed"], "the copy put back is older"
 
     done = migrate(lab, source="nodeB", target="nodeA", verbosity=1)
-    imported = task_result(
-        done.stdout, "Import the bundle, verified against the manifest it came from, and test-unseal it", "nodeA"
-    )
+    imported = task_result(done.stdout, IMPORT_STEP, "localhost")["run"]["vms"][str(VMID)]["imported"]
     assert imported["status"] == "imported" and "api-token.sealed" in imported["replaced"], imported
     # nodeA's blobs are the bundle's (nodeB's), byte for byte: the stale generation is gone.
     assert {p.name: p.read_bytes() for p in lab.vm_dir("nodeA", VMID).glob("*.sealed")} == on_b

@@ -225,6 +225,8 @@ def listed(p: dict, _check_mode: bool) -> dict:
         out["chains"] = {
             uuid: [dsse.envelope_to_dict(env) for env, _manifest in store.chain(uuid)] for uuid in p["vm_uuids"]
         }
+        floors = {uuid: store.floor(uuid) for uuid in p["vm_uuids"]}
+        out["floors"] = {uuid: floor._asdict() if floor else None for uuid, floor in floors.items()}
     elif p["vm_uuid"] is not None:
         chain = store.chain(p["vm_uuid"])
         latest = chain[-1] if chain else None
