@@ -118,9 +118,13 @@ class ActionModule(ActionBase):
         return self._templar.template(value)
 
     def _host_var(self, host: str, name: str, default=None):
+        """A node's setting: the task's own variables for the host the task runs for (role defaults and role
+        variables count), its inventory variables for another host; else the default."""
+        if host == self._vars.get("inventory_hostname") and name in self._vars:
+            return self._templar.template(self._vars[name])
         hostvars = self._vars.get("hostvars", {})
         values = hostvars[host] if host in hostvars else {}
-        return self._templar.template(values.get(name, default)) if name in values else default
+        return self._templar.template(values[name]) if name in values else default
 
     def _module(self, name: str, args: dict) -> dict:
         out = self._execute_module(module_name=name, module_args=args, task_vars=self._vars)
@@ -371,9 +375,18 @@ class ActionModule(ActionBase):
                 with open(path, encoding="utf-8") as handle:
                     entry["bundle"] = handle.read()
             entries.append(entry)
+        more = {}
+        node = run["nodes"]["target"]
+        if node["pve"]:
+            # The pre-start hookscript first (after every check passed, before the VM can get here), attached to
+            # the VMs whose configuration is here already.
+            more["hookscript"] = self._hookscript(run, "target")
+            more["attach"] = [vm["vmid"] for vm in moving if vm["identity"]["node"] == node["pve_node"]]
         imported = self._module(
             MODULE,
-            self._node_args(run, "target", "imported", vms=entries, trust_roots=run["trust_roots"], node_name=target),
+            self._node_args(
+                run, "target", "imported", vms=entries, trust_roots=run["trust_roots"], node_name=target, **more
+            ),
         )
         faults.reached("migration.imported")
         vms = dict(run["vms"])
@@ -443,23 +456,16 @@ class ActionModule(ActionBase):
         name = "survivors" if survivors else "vms"
         return {"changed": changed, "run": {**run, name: updated, "head": done["head"], "changed_nothing": False}}
 
-    def _cached(self, run: dict, now) -> dict:
-        """On the node that now holds the VMs: the recorded manifests verified and cached, bundles removed; on
-        Proxmox VE the pre-start hookscript installed (and attached to the VMs whose configuration is here)."""
+    def _cached(self, run: dict, _now) -> dict:
+        """On the node that now holds the VMs: the recorded manifests verified and cached, bundles removed."""
         survivors = bool(self._task.args.get("survivors"))
         role = "source" if survivors else "target"
         group = run.get("survivors", {}) if survivors else run["vms"]
         if not group:
             return {"changed": False, "run": run}
         entries = [_entry(vm, envelope=vm["chain"][-1]) for vm in group.values()]
-        node = run["nodes"][role]
-        more = {}
-        if node["pve"] and not survivors:
-            more["hookscript"] = self._hookscript(run, role)
-            more["attach"] = [vm["vmid"] for vm in group.values() if vm["identity"]["node"] == node["pve_node"]]
         done = self._module(
-            MODULE,
-            self._node_args(run, role, "cached", vms=entries, trust_roots=run["trust_roots"], head=run["head"], **more),
+            MODULE, self._node_args(run, role, "cached", vms=entries, trust_roots=run["trust_roots"], head=run["head"])
         )
         return {"changed": done["changed"], "run": run}
 

@@ -197,7 +197,10 @@ def _locks(p: dict, exclusive: bool, check_mode: bool):
         yield
 
 
-def _hookscript(p: dict, module, cli, *, vmid=None, record: bool) -> dict:
+def _hookscript(p: dict, module, cli, *, vmid=None, node_id=None) -> dict:
+    """The pre-start hookscript (ironclaw_hookscript's node side): the snippet and, with `node_id` (read from the
+    backend already open: a second TPM connection would wait for the first), this node's record; or, with `vmid`,
+    attached to that VM."""
     args = {
         "state": "present",
         "state_dir": p["state_dir"],
@@ -207,8 +210,8 @@ def _hookscript(p: dict, module, cli, *, vmid=None, record: bool) -> dict:
         "file": p["hookscript"].get("file") or "ironclaw-prestart.pyz",
         "vmid": vmid,
         "pve": True,
-        "node_name": None,
-        "backend": p["backend"] if record else None,
+        "node_name": node_id,
+        "backend": None,
         "tcti": p["tcti"],
         "content": p["hookscript"]["content"],
     }
@@ -261,6 +264,11 @@ def run(module) -> dict:
                 out = node.export(backend, p["state_dir"], vms, now=now, check_mode=module.check_mode, prepare=prepare)
             return {"changed": any(r["changed"] for r in out.values()), "vms": out}
         if step == "imported":
+            hooked = False
+            if cli is not None and p["hookscript"]:
+                hooked = _hookscript(p, module, cli, node_id=backend.identity()[0].hex())["changed"]
+                for vmid in p["attach"] or []:
+                    hooked |= _hookscript(p, module, cli, vmid=vmid)["changed"]
             with _locks(p, False, module.check_mode):
                 out = node.import_(
                     backend,
@@ -272,10 +280,10 @@ def run(module) -> dict:
                     now=now,
                     check_mode=module.check_mode,
                 )
-            return {"changed": any(r["changed"] for r in out.values()), "vms": out}
+            return {"changed": hooked or any(r["changed"] for r in out.values()), "vms": out}
         if step == "cached":
             with _locks(p, False, module.check_mode):
-                result = node.cache(
+                return node.cache(
                     p["state_dir"],
                     vms,
                     trust_roots=p["trust_roots"],
@@ -284,17 +292,11 @@ def run(module) -> dict:
                     now=now,
                     check_mode=module.check_mode,
                 )
-            if cli is not None and p["hookscript"]:
-                hooked = _hookscript(p, module, cli, record=True)
-                result["changed"] |= hooked["changed"]
-                for vmid in p["attach"] or []:
-                    result["changed"] |= _hookscript(p, module, cli, vmid=vmid, record=False)["changed"]
-            return result
         if step == "revoked":
             changed = False
             if cli is not None:
                 for vmid in p["attach"] or []:
-                    changed |= _hookscript(p, module, cli, vmid=vmid, record=False)["changed"]
+                    changed |= _hookscript(p, module, cli, vmid=vmid)["changed"]
                 for vmid in p["move_vms"] or []:
                     if module.check_mode:
                         changed = True

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from rig.counter import TpmCommandCounter
 from rig.swtpm import Swtpm
 
 HERE = Path(__file__).resolve().parent
@@ -333,16 +334,26 @@ class Lab:
 
 
 @contextlib.contextmanager
-def enrolled_lab(root: Path, nodes: list[tuple[str, str, str]], provision: tuple[tuple[str, int], ...] = ()):
+def enrolled_lab(
+    root: Path, nodes: list[tuple[str, str, str]], provision: tuple[tuple[str, int], ...] = (), counted: bool = False
+):
     """A lab of (name, backend, python) nodes, a swtpm of its own for each tpm2 node, initialised and enrolled, with
-    (node, vmid) VMs provisioned; every swtpm is stopped on the way out."""
+    (node, vmid) VMs provisioned; every swtpm is stopped on the way out. With `counted`, each swtpm sits behind a
+    TPM command counter (lab.counters[name])."""
 
     with contextlib.ExitStack() as stack:
-        made = []
+        made, counters = [], {}
         for name, backend, python in nodes:
-            tcti = stack.enter_context(Swtpm()).tcti if backend == "tpm2" else None
+            tcti = None
+            if backend == "tpm2":
+                tpm = stack.enter_context(Swtpm())
+                tcti = tpm.tcti
+                if counted:
+                    counters[name] = stack.enter_context(TpmCommandCounter(tpm))
+                    tcti = counters[name].tcti
             made.append(Node(name, backend, root / name, python, tcti=tcti))
         lab = Lab(root, made)
+        lab.counters = counters
         lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
         lab.run("enroll")
         for node, vmid in provision:

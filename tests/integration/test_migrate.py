@@ -279,3 +279,44 @@ def test_migrating_back_onto_a_stale_copy(lab, tmp_path):
     assert history(lab)[-1]["node"]["name"] == "nodeA"
     assert not lab.vm_dir("nodeB", VMID).exists()
     assert unsealed(lab, "nodeA", tmp_path) == newest
+
+
+# A fleet's cost per extra VM on both TPMs together (the issue's ceiling: 25; 65 when each VM was its own tasks).
+TPM_COMMANDS_PER_EXTRA_VM = 25
+
+
+def test_fleet_costs_few_tpm_commands_and_tasks_per_extra_vm(tmp_path, playbook_tools):
+    """One VM, then a fleet of three, counted on both swtpms: the step actions read each node's facts once per run
+    and work on every VM under one backend context, so an extra VM costs only its own TPM work."""
+    with enrolled_lab(
+        tmp_path,
+        [("nodeA", "tpm2", DEBIAN_PYTHON), ("nodeB", "tpm2", sys.executable)],
+        provision=tuple(("nodeA", vmid) for vmid in (300, 302, 303, 304)),
+        counted=True,
+    ) as lab:
+
+        def counted_run(vms):
+            before = sum(c.total for c in lab.counters.values())
+            done = lab.run("migrate", *fleet_args([{"vmid": v, "vm_uuid": vm_uuid_of("nodeA", v)} for v in vms]))
+            return sum(c.total for c in lab.counters.values()) - before, done
+
+        one, single = counted_run([300])
+        three, fleet = counted_run([302, 303, 304])
+        per_extra = (three - one) / 2
+        print(f"TPM commands: 1 VM {one}, 3 VMs {three}, per extra VM {per_extra}")
+        assert per_extra <= TPM_COMMANDS_PER_EXTRA_VM, (one, three)
+        assert task_count(single.stdout) == task_count(fleet.stdout) <= MIGRATE_TASKS
+
+
+def test_the_public_roles_migrate_a_fleet_as_the_playbook_does(lab, tmp_path):
+    """premigration_teardown (main, then revoke) on the source and restore_verify on the target, in a user's own
+    playbook: the same steps as the migrate playbook, the same result."""
+    lab.provision("nodeA", NEIGHBOUR)
+    vms = [{"vmid": VMID, "vm_uuid": UUID}]
+    done = lab.run(str(PLAYBOOKS / "migrate_roles.yml"), *fleet_args(vms))
+    assert f"VM {VMID} migrated: its sealed state is on nodeB" in done.stdout
+    assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
+    assert not lab.vm_dir("nodeA", VMID).exists()
+    assert history(lab)[-1]["node"]["name"] == "nodeB"
+    lab.verify("nodeA", NEIGHBOUR)
+    assert not list(lab.root.rglob("*.bundle.json"))
