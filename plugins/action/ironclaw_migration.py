@@ -217,7 +217,7 @@ class ActionModule(ActionBase):
         found = self._module(
             MODULE, self._node_args(run, role, "inspected", vms=vms, pve=node["pve"] and role == "source")
         )
-        run = {**run, role: {"facts": found["node"], "vms": found["vms"]}}
+        run = {**run, role: {"facts": found["node"], "vms": found["vms"], "resident": found["resident"]}}
         if role == "source":
             nodes = [run["nodes"]["source"]["pve_node"], run["nodes"]["target"]["pve_node"]]
             settled = {}
@@ -235,9 +235,17 @@ class ActionModule(ActionBase):
         if "source" not in run or "target" not in run:
             raise InputError("step=planned needs the source and the target inspected first")
         uuids = [vm["vm_uuid"] for vm in run["vms"].values()]
+        # The source's other VMs: after its epoch bump they need new approvals, decided from their chains, read
+        # here on the store host with the rest (the revocation runs on the source, which may not reach the store).
+        stay = sorted({vm["vm_uuid"] for vm in run["source"]["resident"]} - set(uuids))
         listing = self._module(
             STORE_MODULE,
-            {"state": "listed", "store_dir": run["store_dir"], "vm_uuids": uuids, "node_name": run["hosts"]["target"]},
+            {
+                "state": "listed",
+                "store_dir": run["store_dir"],
+                "vm_uuids": uuids + stay,
+                "node_name": run["hosts"]["target"],
+            },
         )
         with locked(run["controller_dir"], "store-head", run["options"]["lock_timeout"], shared=True):
             _root, listing = checked_listing(listing, run["controller_dir"], now)
@@ -283,12 +291,13 @@ class ActionModule(ActionBase):
                 "vms": vms,
                 "trust_roots": listing["trust_roots"],
                 "target_record": record_doc,
+                "stay_chains": {uuid: listing["chains"][uuid] for uuid in stay},
                 "head": listing["head"],
             },
         }
 
     def _exported(self, run: dict, now) -> dict:
-        """On the source: verify and test-unseal, sign the grants, export; the bundles wait on the controller."""
+        """On the source: verify against the manifests, sign the grants, export; the bundles wait on the controller."""
         pending = [vm for vm in run["vms"].values() if vm["status"] == "pending"]
         if not pending:
             return {"changed": False, "run": run}
@@ -498,7 +507,9 @@ class ActionModule(ActionBase):
         report_run = {**run, "changed_nothing": False}
         survivors = {}
         approved_count = 0
-        if revoked["changed"] and revoked["survivors"]:
+        # Also after "already destroyed": a run cut short after the bump must still re-approve (the node call then
+        # changes nothing where the approvals are current).
+        if revoked["survivors"]:
             survivors, approved_count = self._reapprove(report_run, revoked, now)
         results = {r["vmid"]: r for r in revoked["results"]}
         report = []
@@ -525,16 +536,9 @@ class ActionModule(ActionBase):
     def _reapprove(self, run: dict, revoked: dict, now) -> tuple[dict, int]:
         """New approvals for the survivors the ledger places on the source (one node call for all of them)."""
         source = run["hosts"]["source"]
-        listing = self._module(
-            STORE_MODULE,
-            {
-                "state": "listed",
-                "store_dir": run["store_dir"],
-                "vm_uuids": [s["vm_uuid"] for s in revoked["survivors"]],
-            },
-        )
-        with locked(run["controller_dir"], "store-head", run["options"]["lock_timeout"], shared=True):
-            checked_listing(listing, run["controller_dir"], now)
+        chains = run["stay_chains"]
+        unlisted = [s for s in revoked["survivors"] if s["vm_uuid"] not in chains]
+        survivors = [s for s in revoked["survivors"] if s["vm_uuid"] in chains]
         facts = revoked["node"]
         placed = _policy(
             {
@@ -542,12 +546,16 @@ class ActionModule(ActionBase):
                 "controller_dir": run["controller_dir"],
                 "node": facts,
                 "node_name": source,
-                "vms": [{"vmid": s["vmid"], "vm_uuid": s["vm_uuid"]} for s in revoked["survivors"]],
-                "chains": listing["chains"],
+                "vms": [{"vmid": s["vmid"], "vm_uuid": s["vm_uuid"]} for s in survivors],
+                "chains": chains,
                 "now": canonical.utc_timestamp(now),
             }
         )
-        revoked["refused_reports"] = [item["reason"] for item in placed["refused"]]
+        revoked["refused_reports"] = [item["reason"] for item in placed["refused"]] + [
+            f"VM {s['vmid']} ({s['vm_uuid']}) was sealed on {source} after this run began: it was not re-approved "
+            "for the new epoch; run ironclaw.sealed.provision for it again"
+            for s in unlisted
+        ]
         if not placed["placed"]:
             return {}, 0
         selections = sorted({vm["pcrs"] for vm in placed["placed"] if vm["pcrs"]})
@@ -565,7 +573,7 @@ class ActionModule(ActionBase):
                     "controller_dir": run["controller_dir"],
                     "node": facts,
                     "node_name": source,
-                    "chain": listing["chains"][vm["vm_uuid"]],
+                    "chain": chains[vm["vm_uuid"]],
                     "pcrs": facts["pcr_digests"].get(vm["pcrs"]) if vm["pcrs"] else None,
                     "now": canonical.utc_timestamp(now),
                 }
@@ -594,7 +602,7 @@ class ActionModule(ActionBase):
                 "vmid": vm["vmid"],
                 "vm_uuid": vm["vm_uuid"],
                 "identity": {"ctime": statement["subject"]["vm_ctime"], "node": source},
-                "chain": listing["chains"][vm["vm_uuid"]],
+                "chain": chains[vm["vm_uuid"]],
                 "statement": statement,
             }
         return survivors, len(entries)

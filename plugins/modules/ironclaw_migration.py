@@ -17,8 +17,8 @@ description:
     the store's signed head) and C(finished) (the report).
   - Steps on the nodes (delegate the task to the node the previous step names in RV(run.hosts)) are C(inspected)
     (facts, Proxmox identities and what the node holds; changes nothing), C(exported) (on the source - each VM
-    verified against its signed manifest and test-unsealed, grants signed to the target's enrolled SRK, the VM
-    stopped, its keyslot duplicated to the target), C(imported) (on the target - bundles verified, imported,
+    verified against its signed manifest, grants signed to the target's enrolled SRK, its keyslot duplicated to
+    the target, then the VM stopped), C(imported) (on the target - bundles verified, imported,
     test-unsealed under approvals signed for this node), C(cached) (on the target - the recorded manifests verified
     and cached, bundles removed, the pre-start hookscript installed) and C(revoked) (on the source - only once the
     store records every move; the VMs moved in Proxmox when asked, the source copies destroyed under one epoch bump,
@@ -242,9 +242,7 @@ def run(module) -> dict:
             }
         if step == "verified":
             with _locks(p, False, True):
-                out = node.verify(
-                    backend, p["state_dir"], vms, trust_roots=p["trust_roots"], cluster=p["cluster"], now=now
-                )
+                out = node.verify(p["state_dir"], vms, trust_roots=p["trust_roots"], cluster=p["cluster"], now=now)
             return {"changed": False, "vms": out}
         if step == "exported":
             prepare = None

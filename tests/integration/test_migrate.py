@@ -132,6 +132,24 @@ def test_killed_migration_converges_when_re_run(lab, tmp_path, kill_at):
     assert history(lab)[-1]["node"]["name"] == "nodeB"
 
 
+def test_killed_after_the_epoch_bump_re_run_re_approves_the_neighbour(lab, tmp_path):
+    """Killed between the source's epoch bump and the neighbours' new approvals: the re-run finds the VM already
+    revoked and still re-approves the VM that stays (its old approval names the old epoch)."""
+    lab.provision("nodeA", NEIGHBOUR)
+    killed = lab.start(
+        "migrate",
+        *["-e", f"ironclaw_vmid={VMID}", "-e", f"ironclaw_vm_uuid={UUID}"],
+        *["-e", "ironclaw_source=nodeA", "-e", "ironclaw_target=nodeB"],
+        env_extra={"IRONCLAW_FAULT_AT": "migration.revoked"},
+    )
+    killed.communicate(timeout=180)
+    assert killed.returncode == -signal.SIGKILL
+    assert not lab.vm_dir("nodeA", VMID).exists(), "killed after the revocation"
+    migrate(lab)
+    lab.verify("nodeA", NEIGHBOUR)
+    assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -287,21 +305,25 @@ TPM_COMMANDS_PER_EXTRA_VM = 25
 
 def test_fleet_costs_few_tpm_commands_and_tasks_per_extra_vm(tmp_path, playbook_tools):
     """One VM, then a fleet of three, counted on both swtpms: the step actions read each node's facts once per run
-    and work on every VM under one backend context, so an extra VM costs only its own TPM work."""
+    and work on every VM under one backend context, so an extra VM costs only its own TPM work (on the source the
+    grant's check, the duplication policy and TPM2_Duplicate; on the target TPM2_Import and the test-unseal). Both
+    runs leave a neighbour to re-approve, so they differ only in the VMs moved."""
     with enrolled_lab(
         tmp_path,
         [("nodeA", "tpm2", DEBIAN_PYTHON), ("nodeB", "tpm2", sys.executable)],
-        provision=tuple(("nodeA", vmid) for vmid in (300, 302, 303, 304)),
+        provision=tuple(("nodeA", vmid) for vmid in (300, 302, 303, 304, NEIGHBOUR)),
         counted=True,
     ) as lab:
 
         def counted_run(vms):
-            before = sum(c.total for c in lab.counters.values())
+            before = {name: c.snapshot() for name, c in lab.counters.items()}
             done = lab.run("migrate", *fleet_args([{"vmid": v, "vm_uuid": vm_uuid_of("nodeA", v)} for v in vms]))
-            return sum(c.total for c in lab.counters.values()) - before, done
+            spent = {name: c.snapshot() - before[name] for name, c in lab.counters.items()}
+            print(f"TPM commands for {len(vms)} VM(s): {spent}")
+            return sum(sum(counts.values()) for counts in spent.values()), done
 
-        one, single = counted_run([300])
         three, fleet = counted_run([302, 303, 304])
+        one, single = counted_run([300])
         per_extra = (three - one) / 2
         print(f"TPM commands: 1 VM {one}, 3 VMs {three}, per extra VM {per_extra}")
         assert per_extra <= TPM_COMMANDS_PER_EXTRA_VM, (one, three)

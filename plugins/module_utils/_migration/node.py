@@ -4,7 +4,7 @@
 
 Each function is one step's node half (the ironclaw_migration module calls it once per step): ``inspect`` (facts,
 Proxmox identities, what the node holds; changes nothing), ``verify`` (the source's state against the signed
-manifests, test-unsealed), ``export`` (bundles under the controller's grants), ``import_`` (the target takes the
+manifests), ``export`` (bundles under the controller's grants), ``import_`` (the target takes the
 bundles, test-unseals them, describes what to record), ``cache`` (the recorded manifests cached, bundles removed),
 ``revoke`` (the source copies destroyed under one epoch bump) and ``approve`` (the survivors' new approvals).
 """
@@ -17,7 +17,7 @@ import os
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir, write_atomic
-from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_many_on_node
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_many_on_node, surviving_vms
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import approval_from_dict
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.grant import grant_from_dict
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
@@ -52,8 +52,10 @@ def read_facts(backend, selections) -> dict:
 
 def inspect(backend, state_dir: str, vms: list[dict], *, selections=(), proxmox=None) -> dict:
     """Facts once, each VM's Proxmox identity (`proxmox(vmid)`, when given) and what this node holds for it:
-    its keyslot, and its bundle (this VM's uuid when known, else any bundle of the VMID)."""
-    out = {"node": read_facts(backend, selections), "vms": {}, "resident": []}
+    its keyslot, and its bundle (this VM's uuid when known, else any bundle of the VMID); and every VM sealed here
+    (`resident`: the source's VMs that will need new approvals after its epoch bump)."""
+    resident, _unusable = surviving_vms(state_dir, set())
+    out = {"node": read_facts(backend, selections), "vms": {}, "resident": resident}
     for entry in vms:
         vmid = validate.vmid(entry.get("vmid"))
         uuid = entry.get("vm_uuid") or ""
@@ -75,8 +77,10 @@ def _manifest_args(entry: dict, roots_docs):
     return envelope, as_envelopes(roots_docs, "trust root"), floor
 
 
-def verify(backend, state_dir: str, vms: list[dict], *, trust_roots, cluster: str, now) -> dict:
-    """Every VM's files against its newest signed manifest (and floor), then test-unsealed in memory."""
+def verify(state_dir: str, vms: list[dict], *, trust_roots, cluster: str, now) -> dict:
+    """Every VM's files against its newest signed manifest (and floor): their SHA-256s are what the manifest
+    records, which was made from a test-unsealed state. No TPM work: the export's TPM2_Duplicate then exercises each
+    keyslot (before its VM is stopped), and the target test-unseals every blob before it writes anything."""
     out = {}
     for entry in vms:
         vm = _vm(state_dir, entry)
@@ -92,11 +96,9 @@ def verify(backend, state_dir: str, vms: list[dict], *, trust_roots, cluster: st
             floor=floor,
             now=now,
         )
-        result = engine.verify(backend, vm)
-        if result["failed"] or not result["blobs"]:
-            details = "; ".join(b["error"] for b in result["blobs"] if not b["ok"]) or "no sealed secrets"
-            raise VerificationError(f"VM {vm.vmid}: the manifest verified but blob(s) did not unseal: {details}")
-        out[str(vm.vmid)] = {"version": manifest.version, "expires": manifest.expires, "blobs": len(result["blobs"])}
+        if not manifest.blobs:
+            raise VerificationError(f"VM {vm.vmid} has no sealed secrets to migrate (manifest v{manifest.version})")
+        out[str(vm.vmid)] = {"version": manifest.version, "expires": manifest.expires, "blobs": len(manifest.blobs)}
     return out
 
 

@@ -74,8 +74,9 @@ def export_vm(
 ) -> dict:
     """Write the VM's transfer bundle for the grant's target; an intact, unexpired one is kept as it is.
 
-    `prepare()`, when given, runs once every check passed and before the bundle is written (it stops the VM);
-    what it returns is reported as `vm`.
+    `prepare()`, when given, runs once every check passed and the TPM made the duplicate, and before the bundle is
+    written (it stops the VM): a keyslot the TPM cannot duplicate (a revoked epoch, another SRK) fails the export
+    with the VM still running. What it returns is reported as `vm`.
     """
     keyslot = vm.keyslot(required=False)
     if keyslot is None:
@@ -109,8 +110,6 @@ def export_vm(
         "manifest_version": manifest["version"],
         "not_after": migration["not_after"],
     }
-    if prepare is not None:
-        summary["vm"] = prepare()
     existing = read_bundle(path)
     if (
         existing is not None
@@ -121,10 +120,16 @@ def export_vm(
         and existing.blobs == tuple(blobs)
         and _not_expired(existing, now)
     ):
+        if prepare is not None:
+            summary["vm"] = prepare()
         return {"changed": False, "status": "already-exported", **summary, "not_after": existing.not_after}
     if check_mode:
+        if prepare is not None:
+            summary["vm"] = prepare()
         return {"changed": True, "status": "would-export", **summary}
     sealed = backend.export_keyslot(keyslot, grant)
+    if prepare is not None:
+        summary["vm"] = prepare()
     bundle = Bundle(
         vmid=vm.vmid,
         vm_uuid=vm.vm_uuid,

@@ -54,7 +54,7 @@ def duplicate_to(
     key_pub = _unmarshal(t, key_public, "TPM2B_PUBLIC", "policy key")
     target = _unmarshal(t, target_srk_public, "TPM2B_PUBLIC", "target SRK public area")
     target_name = bytes(target.get_name())
-    key = obj = parent = sess = None
+    key = obj = sess = None
     try:
         with tpm_errors(
             "checking the duplication grant's signature", "the grant was not signed by this VM's policy key"
@@ -68,7 +68,7 @@ def duplicate_to(
         with tpm_errors("loading the keyslot", "the keyslot was not sealed under this node's SRK"):
             obj = node.ctx.load(srk, priv, pub)
         with tpm_errors("loading the target's SRK public area"):
-            parent = node.ctx.load_external(target, hierarchy=t.ESYS_TR.OWNER)
+            parent = node.external(target)
         with tpm_errors("starting the duplication policy session"):
             sess = node.ctx.start_auth_session(
                 t.ESYS_TR.NONE,
@@ -98,7 +98,8 @@ def duplicate_to(
             _key, duplicate, seed = node.ctx.duplicate(obj, parent, inner_key, inner_sym, session1=sess)
         sess = None
     finally:
-        _flush(node, key, sess, parent, obj)
+        # The target's SRK (parent) stays loaded for the next VM of the run; node.close() flushes it.
+        _flush(node, key, sess, obj)
     return duplicate.marshal(), seed.marshal()
 
 

@@ -23,9 +23,16 @@ class TpmNode:
         self._srk = None
         self._srk_public = None  # (TPM2B_PUBLIC, name) read once by _check_srk
         self._epoch_nv = None
+        self._externals = {}  # marshaled TPM2B_PUBLIC -> handle, loaded once per context (a migration's target SRK)
 
     # -- lifecycle -------------------------------------------------------
     def close(self) -> None:
+        for handle in self._externals.values():
+            try:
+                self.ctx.flush_context(handle)
+            except self.t.TSS2_Exception:
+                pass
+        self._externals = {}
         for handle in (self._srk, self._epoch_nv):
             if handle is not None:
                 try:
@@ -42,6 +49,14 @@ class TpmNode:
         self.close()
 
     # -- handles ---------------------------------------------------------
+    def external(self, public) -> object:
+        """A public key loaded in the owner hierarchy once for this context (every VM of a fleet duplicates to the
+        same target SRK: one TPM2_LoadExternal, flushed at close)."""
+        key = bytes(public.marshal())
+        if key not in self._externals:
+            self._externals[key] = self.ctx.load_external(public, hierarchy=self.t.ESYS_TR.OWNER)
+        return self._externals[key]
+
     def _lookup(self, handle: int):
         """ESYS_TR for a persistent handle or NV index, None if the TPM has nothing there."""
         try:
