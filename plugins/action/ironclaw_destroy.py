@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import os
 
+from ansible.plugins.action import ActionBase
+
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import SPEC
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    InputError,
+    IronclawError,
+    VerificationError,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt import (
     adds_to,
     build_receipt,
@@ -24,7 +30,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import load_chain
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import envelope_digest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils import reapproval
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.split_action import SplitAction
+
+# The node half that installs approvals after an epoch bump (shared with the migration's revocation).
+NODE_HALF = "ironclaw.sealed.ironclaw_migration"
 
 
 def one_vm(args: dict) -> tuple[int, str]:
@@ -153,3 +163,51 @@ class ActionModule(SplitAction):
     SPEC = SPEC
     DEFAULT_STATE = "absent"
     HANDLERS = HANDLERS
+
+    def run(self, tmp=None, task_vars=None):
+        """state=absent with reapprove: destroy on the node, then renew the approvals of the VMs that stay there
+        (plugin_utils/reapproval.py), all in this one task."""
+        reapprove = self._task.args.get("reapprove")
+        if self._task.args.get("state", "absent") != "absent" or reapprove is None:
+            return super().run(tmp, task_vars)
+        result = ActionBase.run(self, tmp, task_vars)
+        module_args = {k: v for k, v in self._task.args.items() if k != "reapprove"}
+        result.update(self._execute_module(module_args=module_args, task_vars=task_vars))
+        if result.get("failed") or self._task.check_mode or not result.get("survivors"):
+            return result
+        node = {k: module_args[k] for k in ("backend", "tcti", "state_dir") if module_args.get(k) is not None}
+
+        def node_call(step, **args):
+            out = self._execute_module(
+                module_name=NODE_HALF, module_args={**node, "step": step, **args}, task_vars=task_vars
+            )
+            if out.get("failed"):
+                raise InputError(out.get("msg", "the node step failed"))
+            return out
+
+        try:
+            facts = node_call("inspected", vms=[], pve=False)["node"]
+            done = reapproval.reapprove(
+                node_call,
+                controller_dir=os.path.expanduser(
+                    module_args.get("controller_dir") or SPEC["controller_dir"]["default"]
+                ),
+                node_name=reapprove["node_name"],
+                facts=facts,
+                survivors=result["survivors"],
+                chains=reapprove.get("chains") or {},
+                backend=facts["backend"],
+                now=clock(module_args.get("now")),
+            )
+        except IronclawError as exc:
+            result.update(
+                failed=True,
+                msg=f"VM {module_args.get('vmid')} was destroyed here and the epoch bumped, but re-approving the VMs "
+                f"that stay failed: {exc}. Re-run the decommission: it re-approves them",
+                error=type(exc).__name__,
+            )
+            return result
+        result["reapproved"] = {"approved": done["approved"], "refused": done["refused"]}
+        result["rewrapped"] = list(done["statements"].values())
+        result["changed"] = result["changed"] or done["changed"]
+        return result

@@ -23,8 +23,6 @@ from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import
     signed,
     signed_head_after,
 )
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ARGUMENT_SPEC as POLICY_SPEC
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ActionModule as PolicyAction
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC as MANIFEST_SPEC
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
@@ -36,7 +34,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._migration import plan
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils import faults
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils import faults, reapproval
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.hookscript import build_hookscript
 
 MODULE = "ironclaw.sealed.ironclaw_migration"
@@ -74,11 +72,6 @@ def _bool(value) -> bool:
 
 def _defaults(spec: dict) -> dict:
     return {name: option.get("default") for name, option in spec.items()}
-
-
-def _policy(args: dict, check_mode: bool = False) -> dict:
-    """The controller's policy decisions (ironclaw_policy's rules, in process)."""
-    return PolicyAction._run({**_defaults(POLICY_SPEC), **args}, check_mode)
 
 
 def _entry(vm: dict, **more) -> dict:
@@ -307,7 +300,7 @@ class ActionModule(ActionBase):
         changed = False
         migration = {"source": source, "target": target, "not_after": run["not_after"]}
         for vm, entry in zip(pending, entries, strict=True):
-            granted = _policy(
+            granted = reapproval.policy_decision(
                 {
                     "state": "granted",
                     "vmid": vm["vmid"],
@@ -355,6 +348,9 @@ class ActionModule(ActionBase):
         moving = [vm for vm in run["vms"].values() if vm["status"] in ("pending", "imported")]
         if not moving:
             return {"changed": False, "run": run}
+        if self._task.check_mode:
+            # Nothing was exported in check mode: there is nothing to import yet.
+            return {"changed": True, "run": run, "msg": f"would import {len(moving)} VM(s)"}
         target = run["hosts"]["target"]
         facts = run["target"]["facts"]
         selections = sorted({vm["pcrs"] for vm in moving if vm["pcrs"]})
@@ -364,7 +360,7 @@ class ActionModule(ActionBase):
             )["node"]
         entries = []
         for vm in moving:
-            approved = _policy(
+            approved = reapproval.policy_decision(
                 {
                     "state": "approved",
                     "vmid": vm["vmid"],
@@ -467,6 +463,8 @@ class ActionModule(ActionBase):
 
     def _cached(self, run: dict, _now) -> dict:
         """On the node that now holds the VMs: the recorded manifests verified and cached, bundles removed."""
+        if self._task.check_mode:
+            return {"changed": False, "run": run}
         survivors = bool(self._task.args.get("survivors"))
         role = "source" if survivors else "target"
         group = run.get("survivors", {}) if survivors else run["vms"]
@@ -482,6 +480,14 @@ class ActionModule(ActionBase):
         """On the source, once the store records every move: move the VMs in Proxmox when asked, destroy the source
         copies under one epoch bump, re-approve the VMs the ledger still places here."""
         source, target = run["hosts"]["source"], run["hosts"]["target"]
+        if self._task.check_mode:
+            report = [
+                f"VM {vm['vmid']}: {vm['status']}; would migrate it from {source} to {target} and revoke the copy here"
+                if vm["status"] != "recorded"
+                else f"VM {vm['vmid']} was already migrated from {source} to {target}: would revoke the copy here"
+                for vm in run["vms"].values()
+            ]
+            return {"changed": True, "run": {**run, "survivors": {}, "report": report}}
         roots = controller_roots(run["controller_dir"], now)
         versions = {}
         for key, vm in run["vms"].items():
@@ -537,75 +543,33 @@ class ActionModule(ActionBase):
         """New approvals for the survivors the ledger places on the source (one node call for all of them)."""
         source = run["hosts"]["source"]
         chains = run["stay_chains"]
-        unlisted = [s for s in revoked["survivors"] if s["vm_uuid"] not in chains]
-        survivors = [s for s in revoked["survivors"] if s["vm_uuid"] in chains]
-        facts = revoked["node"]
-        placed = _policy(
-            {
-                "state": "placed",
-                "controller_dir": run["controller_dir"],
-                "node": facts,
-                "node_name": source,
-                "vms": [{"vmid": s["vmid"], "vm_uuid": s["vm_uuid"]} for s in survivors],
-                "chains": chains,
-                "now": canonical.utc_timestamp(now),
-            }
-        )
-        revoked["refused_reports"] = [item["reason"] for item in placed["refused"]] + [
-            f"VM {s['vmid']} ({s['vm_uuid']}) was sealed on {source} after this run began: it was not re-approved "
-            "for the new epoch; run ironclaw.sealed.provision for it again"
-            for s in unlisted
-        ]
-        if not placed["placed"]:
-            return {}, 0
-        selections = sorted({vm["pcrs"] for vm in placed["placed"] if vm["pcrs"]})
-        if selections:
-            facts = self._module(
-                MODULE, self._node_args(run, "source", "inspected", vms=[], pcrs=selections, pve=False)
-            )["node"]
-        entries = []
-        for vm in placed["placed"]:
-            approved = _policy(
-                {
-                    "state": "approved",
-                    "vmid": vm["vmid"],
-                    "vm_uuid": vm["vm_uuid"],
-                    "controller_dir": run["controller_dir"],
-                    "node": facts,
-                    "node_name": source,
-                    "chain": chains[vm["vm_uuid"]],
-                    "pcrs": facts["pcr_digests"].get(vm["pcrs"]) if vm["pcrs"] else None,
-                    "now": canonical.utc_timestamp(now),
-                }
-            )
-            entries.append({"vmid": vm["vmid"], "vm_uuid": vm["vm_uuid"], "approval": approved["approval"]})
-        # A software epoch bump rewraps the survivors' keyslots: their sealed state changed, record it again.
-        describe = entries if run["nodes"]["source"]["backend"] == "software" else None
-        done = self._module(
-            MODULE,
-            self._node_args(
-                run,
-                "source",
-                "approved",
-                vms=entries,
-                node_name=source,
-                **({"describe": [{"vmid": e["vmid"], "vm_uuid": e["vm_uuid"]} for e in describe]} if describe else {}),
-            ),
+
+        def node_call(step, **args):
+            return self._module(MODULE, self._node_args(run, "source", step, **args))
+
+        done = reapproval.reapprove(
+            node_call,
+            controller_dir=run["controller_dir"],
+            node_name=source,
+            facts=revoked["node"],
+            survivors=revoked["survivors"],
+            chains=chains,
+            backend=run["nodes"]["source"]["backend"],
+            now=now,
         )
         faults.reached("migration.reapproved")
+        revoked["refused_reports"] = done["refused"]
         survivors = {}
-        for vm in placed["placed"]:
-            statement = (done.get("statements") or {}).get(str(vm["vmid"]))
-            if statement is None:
-                continue
-            survivors[str(vm["vmid"])] = {
-                "vmid": vm["vmid"],
-                "vm_uuid": vm["vm_uuid"],
+        for key, statement in done["statements"].items():
+            uuid = statement["subject"]["vm_uuid"]
+            survivors[key] = {
+                "vmid": statement["subject"]["vmid"],
+                "vm_uuid": uuid,
                 "identity": {"ctime": statement["subject"]["vm_ctime"], "node": source},
-                "chain": chains[vm["vm_uuid"]],
+                "chain": chains[uuid],
                 "statement": statement,
             }
-        return survivors, len(entries)
+        return survivors, done["approved"]
 
 
 class _ModuleFailed(IronclawError):

@@ -118,6 +118,14 @@ options:
     description: With O(pve), also delete the VM itself from Proxmox (C(qm destroy)), an explicit opt-in.
     type: bool
     default: false
+  reapprove:
+    description:
+      - With O(state=absent), once the VM is destroyed and the epoch bumped, renew (on the controller, in the same
+        task) the approvals of the other VMs sealed on the node that the controller's ledger places there, installed
+        in one node call; the others stay revoked and are reported. Keys C(node_name) (the node's inventory name)
+        and C(chains) (the VMs' chains by uuid, the C(chains) result of M(ironclaw.sealed.ironclaw_manifest) with
+        C(state=listed) and C(vm_uuids), read before the run changes anything).
+    type: dict
 attributes:
   check_mode:
     description: Lists exactly what would be destroyed and changes nothing.
@@ -175,6 +183,17 @@ proxmox:
 survivors:
   description: The other VMs on the node (C(vmid), C(vm_uuid)); they need an approval for the new epoch.
   returned: when O(state=absent)
+  type: list
+  elements: dict
+reapproved:
+  description: With O(reapprove), how many VMs were re-approved (C(approved)) and why others were not (C(refused)).
+  returned: when O(reapprove) and VMs stay on the node
+  type: dict
+rewrapped:
+  description:
+    - With O(reapprove) on the software backend, the statements of the re-approved VMs whose keyslots the epoch bump
+      rewrapped (their sealed state changed; record them again).
+  returned: when O(reapprove) and VMs stay on the node
   type: list
   elements: dict
 unusable:

@@ -35,7 +35,9 @@ description:
 options:
   step:
     description:
-      - The step to run (see the description). C(verified) and C(approved) are node halves the action calls itself.
+      - The step to run (see the description). C(verified) and C(approved) are node halves the action calls itself;
+        C(approved) (new approvals for the VMs that stay on a node after its epoch bump) also serves
+        M(ironclaw.sealed.ironclaw_destroy) with O(ironclaw.sealed.ironclaw_destroy#module:reapprove).
     type: str
     required: true
     choices: [requested, inspected, planned, verified, exported, imported, recorded, cached, revoked, approved]
@@ -112,12 +114,24 @@ extends_documentation_fragment:
   - ironclaw.sealed.node
 attributes:
   check_mode:
+    description:
+      - Steps up to C(planned) change nothing at any time; the later steps report what they would do (a bundle that
+        was never exported cannot be imported in check mode).
     support: partial
-    details: Steps up to C(planned) run in check mode and change nothing; the later steps report what they would do.
+    details:
+      - C(exported) writes no bundle in check mode, so C(imported), C(recorded), C(cached) and C(revoked) only report
+        what they would do.
   diff_mode:
+    description: Nothing to diff.
     support: none
+  idempotent:
+    description: A step finds what an earlier, interrupted run did; a finished migration re-run changes nothing.
+    support: full
+  action:
+    description: Every step runs as an action plugin on the controller, which calls the node half on the node.
+    support: full
 author:
-  - ironclaw.sealed contributors
+  - ironclaw.sealed maintainers (@ironclaw)
 """
 
 EXAMPLES = r"""

@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
-from playbook_rig import DEBIAN_PYTHON, Lab, Node, changed_tasks, enrolled_lab, vm_uuid_of
+from playbook_rig import DEBIAN_PYTHON, Lab, Node, changed_tasks, enrolled_lab, task_count, vm_uuid_of
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt import verify_receipt
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
@@ -120,6 +120,24 @@ def test_backup_copy_restored_after_decommission_does_not_unseal(lab: Lab, node:
     # The neighbour on the same node still verifies and unseals (re-approved for the new epoch).
     lab.verify(node, NEIGHBOUR)
     test_unseal(lab, node, NEIGHBOUR)
+
+
+def test_neighbours_are_re_approved_by_one_task_whatever_their_number(lab: Lab):
+    """The VMs that stay on the node are re-approved in the task that destroys (one node call for all of them):
+    a decommission beside three neighbours runs no more tasks than beside one."""
+    lab.provision("nodeA", GONE)
+    lab.provision("nodeA", NEIGHBOUR)
+    beside_one = decommission(lab, GONE)
+    lab.verify("nodeA", NEIGHBOUR)
+    for vmid in (202, 203, 204):
+        lab.provision("nodeA", vmid)
+    beside_three = decommission(lab, 202)
+    for vmid in (NEIGHBOUR, 203, 204):
+        lab.verify("nodeA", vmid)
+    assert task_count(beside_three.stdout) == task_count(beside_one.stdout), (
+        task_count(beside_one.stdout),
+        task_count(beside_three.stdout),
+    )
 
 
 def test_rerun_changes_nothing_and_check_mode_destroys_nothing(lab: Lab):

@@ -168,6 +168,15 @@ def test_bad_input_changes_nothing_on_either_node(untouched_lab, extra, message)
     assert untouched_lab.snapshot() == before
 
 
+def test_check_mode_plans_and_changes_nothing(untouched_lab):
+    """--check runs every decision (request, identity, placement, target, window, grant rules) and the source's
+    manifest checks, reports what it would do, and writes nothing anywhere (no bundle, no grant recorded)."""
+    before = untouched_lab.snapshot()
+    done = migrate(untouched_lab, check=True)
+    assert f"VM {VMID}: pending; would migrate it from nodeA to nodeB" in done.stdout, done.stdout[-3000:]
+    assert untouched_lab.snapshot() == before
+
+
 def test_target_record_deleted_from_the_store_changes_nothing(untouched_lab, tmp_path):
     """The store's head lists every node record: one deleted is a truncated store, named, not an unenrolled node."""
     record = untouched_lab.controller_dir / "store" / "nodes" / "nodeB.json"

@@ -39,6 +39,8 @@ SPEC = {
     "stop_vm": {"type": "bool", "default": False},
     "shutdown_timeout": {"type": "int", "default": 60},
     "delete_vm": {"type": "bool", "default": False},
+    # Read by the action plugin (state=absent): renew the approvals of the VMs that stay on the node.
+    "reapprove": {"type": "dict"},
 }
 
 

@@ -55,7 +55,7 @@ def _entries(vmid, vm_uuid, vms) -> list:
     if _given(vmid):
         return [{"vmid": vmid, "vm_uuid": vm_uuid if _given(vm_uuid) else ""}]
     if isinstance(vms, str):
-        return [part for part in vms.split(",")] if vms.strip() else []
+        return vms.split(",") if vms.strip() else []
     if isinstance(vms, (int, dict)):
         return [vms]
     if not isinstance(vms, (list, tuple)):

@@ -1,0 +1,87 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""After an epoch bump on a node: new approvals for the VMs the controller's ledger still places there.
+
+One place for the migration's revocation and for decommission. The survivors' chains are read on the store host
+beforehand (the node may not reach the store); the rules are ironclaw_policy's (``placed``, then ``approved``,
+in process: policy keys never leave the controller); the node installs every approval in one call of the
+ironclaw_migration module's node half (step ``approved``), which also describes the survivors whose sealed state
+the bump changed (a software bump rewraps their keyslots) so that the caller records them again.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ARGUMENT_SPEC as POLICY_SPEC
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ActionModule as PolicyAction
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+
+
+def policy_decision(args: dict, check_mode: bool = False) -> dict:
+    """ironclaw_policy's decision for `args` (its options, defaults filled in), in process."""
+    return PolicyAction._run({**{k: v.get("default") for k, v in POLICY_SPEC.items()}, **args}, check_mode)
+
+
+def reapprove(
+    node_call,
+    *,
+    controller_dir: str,
+    node_name: str,
+    facts: dict,
+    survivors: list[dict],
+    chains: dict,
+    backend: str,
+    now,
+) -> dict:
+    """Approve, for the node's current epoch (`facts`), the `survivors` ({vmid, vm_uuid}) the ledger places on
+    `node_name`. `node_call(step, **args)` runs the node half on the node. Returns the number approved, the VMs
+    refused with the reason, and the statements of the survivors to record again (software backend)."""
+    stamp = canonical.utc_timestamp(now)
+    unlisted = [s for s in survivors if s["vm_uuid"] not in chains]
+    listed = [{"vmid": s["vmid"], "vm_uuid": s["vm_uuid"]} for s in survivors if s["vm_uuid"] in chains]
+    refused = [
+        f"VM {s['vmid']} ({s['vm_uuid']}) was sealed on {node_name} after this run began: it was not re-approved for "
+        "the new epoch; run ironclaw.sealed.provision for it again"
+        for s in unlisted
+    ]
+    out = {"approved": 0, "refused": refused, "statements": {}, "changed": False}
+    if not listed:
+        return out
+    placed = policy_decision(
+        {
+            "state": "placed",
+            "controller_dir": controller_dir,
+            "node": facts,
+            "node_name": node_name,
+            "vms": listed,
+            "chains": chains,
+            "now": stamp,
+        }
+    )
+    out["refused"] = [item["reason"] for item in placed["refused"]] + refused
+    if not placed["placed"]:
+        return out
+    selections = sorted({vm["pcrs"] for vm in placed["placed"] if vm["pcrs"]})
+    if selections:
+        facts = node_call("inspected", vms=[], pcrs=selections, pve=False)["node"]
+    entries = []
+    for vm in placed["placed"]:
+        approved = policy_decision(
+            {
+                "state": "approved",
+                "vmid": vm["vmid"],
+                "vm_uuid": vm["vm_uuid"],
+                "controller_dir": controller_dir,
+                "node": facts,
+                "node_name": node_name,
+                "chain": chains[vm["vm_uuid"]],
+                "pcrs": facts["pcr_digests"].get(vm["pcrs"]) if vm["pcrs"] else None,
+                "now": stamp,
+            }
+        )
+        entries.append({"vmid": vm["vmid"], "vm_uuid": vm["vm_uuid"], "approval": approved["approval"]})
+    more = {}
+    if backend == "software":
+        more["describe"] = [{"vmid": e["vmid"], "vm_uuid": e["vm_uuid"]} for e in entries]
+    done = node_call("approved", vms=entries, node_name=node_name, **more)
+    out.update(approved=len(entries), changed=done["changed"], statements=done.get("statements") or {})
+    return out
