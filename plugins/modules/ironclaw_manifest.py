@@ -396,12 +396,16 @@ blobs:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC, run_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import (
+    REQUIRED_IF,
+    SPEC,
+    run_state,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 
 
 def main():
-    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
     with failing_on_errors(module):
         result = run_state(module)
     module.exit_json(**result)

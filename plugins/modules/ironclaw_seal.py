@@ -447,7 +447,17 @@ def main():
         stop_vm={"type": "bool", "default": True},
         shutdown_timeout={"type": "int", "default": 60},
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=spec,
+        required_if=[
+            ("state", "sealed", ("secrets",)),
+            ("state", "unsealed", ("dest",)),
+            ("state", "approved", ("approval",)),
+            ("state", "exported", ("grant", "manifest", "migration")),
+            ("state", "imported", ("approval",)),
+        ],
+        supports_check_mode=True,
+    )
     with failing_on_errors(module):
         result = run(module)
     module.exit_json(**result)

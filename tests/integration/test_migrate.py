@@ -313,14 +313,15 @@ TPM_COMMANDS_PER_EXTRA_VM = 25
 
 
 def test_fleet_costs_few_tpm_commands_and_tasks_per_extra_vm(tmp_path, playbook_tools):
-    """One VM, then a fleet of three, counted on both swtpms: the step actions read each node's facts once per run
-    and work on every VM under one backend context, so an extra VM costs only its own TPM work (on the source the
-    grant's check, the duplication policy and TPM2_Duplicate; on the target TPM2_Import and the test-unseal). Both
-    runs leave a neighbour to re-approve, so they differ only in the VMs moved."""
+    """Ten VMs in one run, then one, counted on both swtpms: the same tasks for both (one per step), and an extra VM
+    costs only its own TPM work (on the source the grant's check, the duplication policy and TPM2_Duplicate; on
+    the target TPM2_Import and the test-unseal): each node's facts are read once per run and every VM is handled
+    under one backend context. Both runs leave a neighbour to re-approve, so they differ only in the VMs moved."""
+    fleet = list(range(302, 312))
     with enrolled_lab(
         tmp_path,
         [("nodeA", "tpm2", DEBIAN_PYTHON), ("nodeB", "tpm2", sys.executable)],
-        provision=tuple(("nodeA", vmid) for vmid in (300, 302, 303, 304, NEIGHBOUR)),
+        provision=tuple(("nodeA", vmid) for vmid in [VMID, *fleet, NEIGHBOUR]),
         counted=True,
     ) as lab:
 
@@ -331,12 +332,15 @@ def test_fleet_costs_few_tpm_commands_and_tasks_per_extra_vm(tmp_path, playbook_
             print(f"TPM commands for {len(vms)} VM(s): {spent}")
             return sum(sum(counts.values()) for counts in spent.values()), done
 
-        three, fleet = counted_run([302, 303, 304])
-        one, single = counted_run([300])
-        per_extra = (three - one) / 2
-        print(f"TPM commands: 1 VM {one}, 3 VMs {three}, per extra VM {per_extra}")
-        assert per_extra <= TPM_COMMANDS_PER_EXTRA_VM, (one, three)
-        assert task_count(single.stdout) == task_count(fleet.stdout) <= MIGRATE_TASKS
+        ten, many = counted_run(fleet)
+        one, single = counted_run([VMID])
+        per_extra = (ten - one) / (len(fleet) - 1)
+        print(f"TPM commands: 1 VM {one}, {len(fleet)} VMs {ten}, per extra VM {per_extra}")
+        assert per_extra <= TPM_COMMANDS_PER_EXTRA_VM, (one, ten)
+        assert task_count(single.stdout) == task_count(many.stdout) <= MIGRATE_TASKS
+        for vmid in fleet:
+            assert f"VM {vmid} migrated: its sealed state is on nodeB" in many.stdout
+        lab.verify("nodeA", NEIGHBOUR)
 
 
 def test_the_public_roles_migrate_a_fleet_as_the_playbook_does(lab, tmp_path):

@@ -87,6 +87,17 @@ SPEC = {
 }
 
 
+# What each node or store state needs, checked by AnsibleModule before the module runs (the states' own checks stay
+# for callers in process).
+REQUIRED_IF = [
+    ("state", "built", ("vmid", "vm_uuid", "node_name")),
+    ("state", "stored", ("store_dir",)),
+    ("state", "listed", ("store_dir",)),
+    ("state", "verified", ("vmid", "vm_uuid")),
+    ("state", "pinned", ("trust_roots",)),
+]
+
+
 def clock(now: str | None) -> datetime:
     """The clock, read once; `now` injects one."""
     if now:

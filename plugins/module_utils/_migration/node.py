@@ -77,25 +77,32 @@ def _manifest_args(entry: dict, roots_docs):
     return envelope, as_envelopes(roots_docs, "trust root"), floor
 
 
+def _verified(state_dir: str, entry: dict, trust_roots, cluster: str, now):
+    """(vm, manifest, root, envelope, roots): the VM's files here against the entry's manifest (rules 1-5), with the
+    entry's floor when it has one (else the node's own)."""
+    vm = _vm(state_dir, entry)
+    envelope, roots, floor = _manifest_args(entry, trust_roots)
+    manifest, root, envelope = verify_on_node(
+        state_dir,
+        vmid=vm.vmid,
+        vm_uuid=vm.vm_uuid,
+        cluster=cluster,
+        vm_ctime=entry.get("vm_ctime"),
+        envelope=envelope,
+        offered_roots=roots,
+        floor=floor,
+        now=now,
+    )
+    return vm, manifest, root, envelope, roots
+
+
 def verify(state_dir: str, vms: list[dict], *, trust_roots, cluster: str, now) -> dict:
     """Every VM's files against its newest signed manifest (and floor): their SHA-256s are what the manifest
     records, which was made from a test-unsealed state. No TPM work: the export's TPM2_Duplicate then exercises each
     keyslot (before its VM is stopped), and the target test-unseals every blob before it writes anything."""
     out = {}
     for entry in vms:
-        vm = _vm(state_dir, entry)
-        envelope, roots, floor = _manifest_args(entry, trust_roots)
-        manifest, _root, _envelope = verify_on_node(
-            state_dir,
-            vmid=vm.vmid,
-            vm_uuid=vm.vm_uuid,
-            cluster=cluster,
-            vm_ctime=entry.get("vm_ctime"),
-            envelope=envelope,
-            offered_roots=roots,
-            floor=floor,
-            now=now,
-        )
+        vm, manifest, _root, _envelope, _roots = _verified(state_dir, entry, trust_roots, cluster, now)
         if not manifest.blobs:
             raise VerificationError(f"VM {vm.vmid} has no sealed secrets to migrate (manifest v{manifest.version})")
         out[str(vm.vmid)] = {"version": manifest.version, "expires": manifest.expires, "blobs": len(manifest.blobs)}
@@ -207,19 +214,7 @@ def cache(state_dir: str, vms: list[dict], *, trust_roots, cluster: str, head, n
     node_cache = NodeCache(state_dir)
     changed = False
     for entry in vms:
-        vm = _vm(state_dir, entry)
-        envelope, roots, _floor = _manifest_args(entry, trust_roots)
-        manifest, root, envelope = verify_on_node(
-            state_dir,
-            vmid=vm.vmid,
-            vm_uuid=vm.vm_uuid,
-            cluster=cluster,
-            vm_ctime=entry.get("vm_ctime"),
-            envelope=envelope,
-            offered_roots=roots,
-            floor=None,
-            now=now,
-        )
+        vm, manifest, root, envelope, roots = _verified(state_dir, entry, trust_roots, cluster, now)
         if head_envelope is not None:
             node_cache.check_head(head_envelope, root, vm.vm_uuid, ref_of(envelope, manifest))
         cached = False if check_mode else cache_verified(state_dir, vm.vmid, envelope, roots)
