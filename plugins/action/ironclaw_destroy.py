@@ -16,6 +16,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     IronclawError,
     VerificationError,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.plan import choose_vm
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt import (
     adds_to,
     build_receipt,
@@ -156,7 +157,13 @@ def receipted(args: dict, check_mode: bool) -> dict:
     }
 
 
-HANDLERS = {"revoked": revoked, "receipted": receipted}
+def planned(args: dict, _check_mode: bool) -> dict:
+    """Which VM to destroy: the only one the store knows under the VMID, or the uuid given among them."""
+    vm_uuid = choose_vm(args["vmid"], args["vm_uuid"], args["found"], args["store_dir"] or "the store")
+    return {"changed": False, "vm_uuid": vm_uuid}
+
+
+HANDLERS = {"planned": planned, "revoked": revoked, "receipted": receipted}
 
 
 class ActionModule(SplitAction):

@@ -16,6 +16,9 @@ description:
     need a new approval.
   - Another VM's keyslot that is stale or corrupt never blocks the revocation. It is reported in RV(unusable), left
     out of RV(survivors) and left as it is (with the software backend it stays wrapped under the erased KEK).
+  - O(state=planned) runs on the controller. It picks the VM to destroy among those the store knows under O(vmid)
+    (O(found)), the only one or the O(vm_uuid) given, and refuses an unknown VM, a reused VMID without a uuid, or a
+    uuid the store does not know under that VMID; it returns RV(vm_uuid).
   - O(state=revoked) runs on the controller. It destroys the VM's policy key and leaves a tombstone, so no approval
     or migration grant can ever be signed for the VM again.
   - O(state=receipted) runs on the controller. It signs a destruction receipt (DSSE, trust-root keys) saying what
@@ -29,7 +32,7 @@ options:
     description: What to do, see the description.
     type: str
     default: absent
-    choices: [absent, revoked, receipted]
+    choices: [absent, planned, revoked, receipted]
   vmid:
     description: Proxmox VMID. Required unless O(vms) is given.
     type: int
@@ -118,6 +121,14 @@ options:
     description: With O(pve), also delete the VM itself from Proxmox (C(qm destroy)), an explicit opt-in.
     type: bool
     default: false
+  found:
+    description: With O(state=planned), the VMs the store knows under O(vmid) (the C(vms) result of
+      M(ironclaw.sealed.ironclaw_manifest) with C(state=listed) and C(vmid)).
+    type: list
+    elements: dict
+  store_dir:
+    description: With O(state=planned), the store directory, named in a refusal.
+    type: path
   reapprove:
     description:
       - With O(state=absent), once the VM is destroyed and the epoch bumped, renew (on the controller, in the same
@@ -185,6 +196,10 @@ survivors:
   returned: when O(state=absent)
   type: list
   elements: dict
+vm_uuid:
+  description: With O(state=planned), the uuid of the VM to destroy.
+  returned: when O(state=planned)
+  type: str
 reapproved:
   description: With O(reapprove), how many VMs were re-approved (C(approved)) and why others were not (C(refused)).
   returned: when O(reapprove) and VMs stay on the node

@@ -276,3 +276,29 @@ def test_module_refuses_a_bad_vms_list_before_touching_the_node(node, changes, m
     with pytest.raises(InputError, match=message):
         destroy_node(params, check_mode=False)
     assert backend.epoch() == epoch and os.path.exists(VmDir(state_dir, *GONE).keyslot_path)
+
+
+# -- which VM a decommission destroys (module_utils/_destroy/plan.py) ------------------------------------------
+
+
+def test_choose_vm_takes_the_only_vm_or_the_uuid_given():
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.plan import choose_vm
+
+    one = [{"vm_uuid": "6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a6b"}]
+    two = one + [{"vm_uuid": "7c0a3d2f-4b5e-4f60-9b8c-2d3e4f5a6b7c"}]
+    assert choose_vm(200, "", one, "/s") == one[0]["vm_uuid"]
+    assert choose_vm(200, two[1]["vm_uuid"].upper(), two, "/s") == two[1]["vm_uuid"]
+
+
+def test_choose_vm_refuses_an_unknown_vm_a_reused_vmid_and_a_wrong_uuid():
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, PlacementError
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.plan import choose_vm
+
+    one = [{"vm_uuid": "6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a6b"}]
+    two = one + [{"vm_uuid": "7c0a3d2f-4b5e-4f60-9b8c-2d3e4f5a6b7c"}]
+    with pytest.raises(PlacementError, match="VM 4242 is unknown to the store"):
+        choose_vm(4242, "", [], "/s")
+    with pytest.raises(InputError, match="was used by several VMs"):
+        choose_vm(200, None, two, "/s")
+    with pytest.raises(PlacementError, match="has no uuid 8d1b4e30"):
+        choose_vm(200, "8d1b4e30-5c6f-4071-8c9d-3e4f5a6b7c8d", two, "/s")

@@ -15,10 +15,10 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node impo
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 
-CONTROLLER_STATES = ("revoked", "receipted")
+CONTROLLER_STATES = ("planned", "revoked", "receipted")
 
 SPEC = {
-    "state": {"type": "str", "default": "absent", "choices": ["absent", "revoked", "receipted"]},
+    "state": {"type": "str", "default": "absent", "choices": ["absent", "planned", "revoked", "receipted"]},
     "vmid": {"type": "int"},
     "vm_uuid": {"type": "str"},
     "vms": {"type": "list", "elements": "dict"},
@@ -39,6 +39,9 @@ SPEC = {
     "stop_vm": {"type": "bool", "default": False},
     "shutdown_timeout": {"type": "int", "default": 60},
     "delete_vm": {"type": "bool", "default": False},
+    # With state=planned: the VMs the store knows under vmid (ironclaw_manifest listed with vmid), and where it is.
+    "found": {"type": "list", "elements": "dict"},
+    "store_dir": {"type": "path"},
     # Read by the action plugin (state=absent): renew the approvals of the VMs that stay on the node.
     "reapprove": {"type": "dict"},
 }
