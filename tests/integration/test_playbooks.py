@@ -37,15 +37,14 @@ SECRET_NAMES = ["api-token", "db-pass", "master-key"]
 BLOB_FORMAT = "ironclaw-sealed-blob/1"
 NONCE_LEN = 12
 
-SEAL_TASK = "Seal the secrets"
-SIGN_TASK = "Sign an unseal approval for this node (on the controller)"
+SEAL_TASK = "Seal the secrets and prove every one unseals"
+SIGN_TASK = "Check the request against the store and sign an unseal approval (on the controller)"
 # The manifest steps that change something when the sealed state changed.
 PUBLISH_TASKS = [
-    "Sign the next manifest version if the sealed state changed",
-    "Store the manifest (append-only, floor and fork checked)",
+    "Sign and store the next manifest version when the sealed state changed",
     "Verify the manifest on the node and cache it there",
 ]
-STORE_TASK = PUBLISH_TASKS[1]
+STORE_TASK = PUBLISH_TASKS[0]
 
 VM_MAIN = 100
 VM_CHANGED = 101
