@@ -59,6 +59,7 @@ VM_BAD_SRC = 107
 VM_NOT_ENROLLED = 108
 VM_BAD_UUID = 109
 VM_CEILING = 110
+VM_ROLE = 113
 # A run killed at each fault point of the provision steps (plugins/plugin_utils/faults.py), one VM each.
 VM_FAULTS = {"provision.sealed": 111, "provision.recorded": 112}
 VM_CHECK = 200
@@ -245,6 +246,21 @@ def test_killed_provision_converges_when_re_run(enrolled: Lab, point: str):
     assert f"VM {vmid} on {node}: manifest v1, 3 secret(s) verified" in verify.stdout
     before = enrolled.snapshot()
     assert enrolled.provision(node, vmid).recap[node]["changed"] == 0
+    assert enrolled.snapshot() == before
+
+
+def test_seal_role_seals_and_a_re_run_changes_nothing(enrolled: Lab):
+    """The seal role stays the public contract: the provision steps under it, then manifest_store's publish."""
+    playbook = str(Path(__file__).parent / "playbooks" / "seal_role.yml")
+    args = enrolled.vm_args("nodeB", VM_ROLE, secrets_file=enrolled.secrets_file)
+    first = enrolled.run(playbook, *args)
+    assert SEAL_TASK in changed_tasks(first.stdout), first.stdout
+    assert f"seal role identity {vm_uuid_of('nodeB', VM_ROLE)} from variables" in first.stdout
+    verify = enrolled.verify("nodeB", VM_ROLE)
+    assert f"VM {VM_ROLE} on nodeB: manifest v1, 3 secret(s) verified" in verify.stdout
+    before = enrolled.snapshot()
+    again = enrolled.run(playbook, *args)
+    assert again.recap["nodeB"]["changed"] == 0, changed_tasks(again.stdout)
     assert enrolled.snapshot() == before
 
 
