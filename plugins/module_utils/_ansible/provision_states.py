@@ -60,7 +60,6 @@ def spec() -> dict:
         record={"type": "dict"},
         now={"type": "str"},
     )
-    out["lock_timeout"]["default"] = 120
     return out
 
 
