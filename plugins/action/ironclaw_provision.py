@@ -26,6 +26,7 @@ from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import A
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import spec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import provision as rules
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import read_regular
@@ -203,12 +204,16 @@ class ActionModule(ActionBase):
         # Exclusive: the chain read, the version signed and the head written cannot interleave with another run.
         with locked(TrustKeyStore(cdir).controller_dir, "store-head", args["lock_timeout"]):
             listing = self._listing(args, now, vm_uuid=identity["uuid"])
+            ledger = VmLedger.verify(identity["uuid"], listing["chain"], controller_roots(cdir, now))
+            if not rules.record_here(ledger.placement, args["node_name"], only_if_here=args["only_if_here"]):
+                return {"changed": False, "record": None, "reason": f"{ledger.describe()} places it on another node"}
             issued = signed(
                 {
                     "statement": args["statement"],
                     "chain": listing["chain"],
-                    "provision": True,
-                    "policy": args["policy"],
+                    # Only provisioning states the VM's policy; every other version keeps the recorded one.
+                    "provision": args["provision"],
+                    "policy": args["policy"] if args["provision"] else None,
                     "controller_dir": cdir,
                     "signing": args["signing"],
                     "sign_dir": args["sign_dir"],
@@ -227,7 +232,8 @@ class ActionModule(ActionBase):
                 )
                 stored = signed_head_after(stored, cdir, now, self._write_head(args))
                 envelope, head = stored.get("envelope", envelope), stored["head"]
-        reached("provision.recorded")
+        if args["provision"]:
+            reached("provision.recorded")
         record = {
             "envelope": envelope,
             "version": issued.get("version"),
@@ -250,7 +256,9 @@ class ActionModule(ActionBase):
         """Verify the stored manifest on the node and cache it there."""
         if self._check:
             return {"changed": False, "msg": "check mode: nothing recorded, nothing to cache"}
-        _need(args, "identity", "record")
+        if args["record"] is None:
+            return {"changed": False, "msg": "nothing recorded on this node, nothing to cache"}
+        _need(args, "identity")
         return self._module(
             PROVISION_MODULE,
             {

@@ -27,6 +27,8 @@ description:
     the newest nears expiry), online or through the offline signing exchange, stores it (append-only, floor and
     fork checked) and signs the store's next head.
   - C(cached) runs on the node. It verifies the stored manifest against every rule and caches it.
+  - C(recorded) and C(cached) also publish a VM's manifest outside provisioning (role C(manifest_store),
+    C(tasks_from=publish)), for a statement the node described (M(ironclaw.sealed.ironclaw_manifest) C(built)).
   - In check mode nothing is written; C(recorded) and C(cached) then do nothing (the sealed state they would
     record is not there yet).
 options:
@@ -98,6 +100,18 @@ options:
   statement:
     description: With C(recorded), the RV(statement) of C(sealed).
     type: dict
+  provision:
+    description:
+      - With C(recorded), the VM is being provisioned, the new version records O(policy). Every other version
+        (a migration, a re-approval) keeps the policy the VM's manifest records.
+    type: bool
+    default: false
+  only_if_here:
+    description:
+      - With C(recorded), record nothing when the VM's verified chain places it on another node (a re-approval
+        after an epoch bump; the VM is being moved away). RV(record) is then null and C(cached) does nothing.
+    type: bool
+    default: false
   controller_dir:
     description: Keys, trust root and signing state on the controller.
     type: path
@@ -248,7 +262,7 @@ statement:
   type: dict
 record:
   description: The VM's newest stored manifest and what the node checks it against.
-  returned: when O(step=recorded) outside check mode
+  returned: when O(step=recorded) outside check mode; null when O(only_if_here) and the VM is placed elsewhere
   type: dict
   contains:
     envelope:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import provision
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import NodeView
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, ProxmoxError
 
 UUID = "6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a6b"
@@ -115,3 +116,17 @@ def test_secret_files_missing_on_the_controller_are_named(tmp_path):
 def test_secret_request_with_every_file_present_is_kept():
     asked = [{"name": "a", "src": "/x", "content": None}, {"name": "c", "content": "inline", "src": None}]
     assert provision.secret_request(asked, lambda _path: True) == asked
+
+
+def test_re_approval_records_nothing_for_a_vm_placed_on_another_node():
+    elsewhere = NodeView("node-b", "000b" + "bb" * 32)
+    assert not provision.record_here(elsewhere, "node-a", only_if_here=True)
+
+
+@pytest.mark.parametrize(
+    ("placement", "only_if_here"),
+    [(NodeView("node-a", "000b" + "aa" * 32), True), (None, True), (NodeView("node-b", "000b" + "bb" * 32), False)],
+    ids=["placed-here", "no-chain-yet", "not-a-re-approval"],
+)
+def test_a_version_is_recorded_here_otherwise(placement, only_if_here):
+    assert provision.record_here(placement, "node-a", only_if_here=only_if_here)

@@ -48,6 +48,8 @@ def spec() -> dict:
         identity={"type": "dict"},
         node={"type": "dict"},
         statement={"type": "dict"},
+        provision={"type": "bool", "default": False},
+        only_if_here={"type": "bool", "default": False},
         controller_dir={"type": "path", "default": "~/.local/share/ironclaw"},
         store_dir={"type": "path"},
         signing={"type": "str", "default": "online", "choices": ["online", "offline"]},

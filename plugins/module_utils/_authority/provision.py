@@ -4,6 +4,7 @@
 
 - ``vm_identity``: the VM whose keyslot, approval and manifests are bound: the one Proxmox on the node
   reports (and any uuid or creation time given must agree with it), or with ``pve`` off the one given.
+- ``record_here``: whether a re-approval on a node (after an epoch bump) records a new version for a VM.
 - ``secret_request``: the secrets asked for, each ``{name, src}`` (a file on the controller) or
   ``{name, content}``; every file is there before anything happens.
 
@@ -98,3 +99,10 @@ def secret_request(secrets, is_file) -> list[dict]:
     if missing:
         raise InputError(f"Secret file(s) not found on the controller: {', '.join(missing)}.")
     return secrets
+
+
+def record_here(placement, node_name: str, *, only_if_here: bool) -> bool:
+    """May the next version record the VM on ``node_name``? ``placement`` is where the VM's verified ledger
+    places it (a NodeView, None without a chain). A re-approval after an epoch bump (``only_if_here``)
+    records nothing for a VM placed on another node: it is being moved away, its migration records it there."""
+    return not only_if_here or placement is None or placement.name == node_name
