@@ -22,7 +22,7 @@ from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import
     trusted,
 )
 from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ARGUMENT_SPEC as POLICY_SPEC
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ActionModule as PolicyAction
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import spec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import provision as rules
@@ -143,7 +143,7 @@ class ActionModule(ActionBase):
         rules.secret_request(_expanded(args["secrets"]), os.path.isfile)
         with locked(TrustKeyStore(cdir).controller_dir, "store-head", args["lock_timeout"], shared=True):
             listing = self._listing(args, now, vm_uuid=identity["uuid"], node_name=args["node_name"])
-        decided = PolicyAction._run(
+        decided = policy_state(
             {
                 **dict.fromkeys(POLICY_SPEC),
                 "state": "approved",
