@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: ironclaw_provision
 short_description: The steps of provisioning a VM, each one controller action and at most one remote host
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Provisioning seals a VM's secrets on its node, proves they unseal, and records the sealed state in the VM's
     next signed manifest. Each O(step) is one task; the action plugin does the controller's part in-process
