@@ -243,3 +243,8 @@ def _placed(args: dict, now) -> dict:
         ledgers[vm["vm_uuid"]] = VmLedger.verify(vm["vm_uuid"], args["chains"][vm["vm_uuid"]], roots)
     placed, refused = rules.sort_survivors(ledgers, vms, node, now)
     return {"changed": False, "placed": placed, "refused": refused}
+
+
+def run_state(args: dict, check_mode: bool) -> dict:
+    """The policy states on validated arguments, for other controller actions (the provision steps)."""
+    return ActionModule._run(args, check_mode)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.swtpm  # needs the playbook tools that come with the sw
 
 NODE = "nodeB"
 VMID = 100
-PUBLISH_STORE = "Store the manifest (append-only, floor and fork checked)"
+PUBLISH_STORE = "Sign and store the next manifest version when the sealed state changed"
 VERIFY_TASK = "Verify the sealed state against the signed manifest, then test-unseal"
 
 

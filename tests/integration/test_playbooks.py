@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from playbook_rig import (
     changed_tasks,
     leak_markers,
     parse_recap,
+    task_count,
     task_result,
     vm_uuid_of,
 )
@@ -37,15 +39,14 @@ SECRET_NAMES = ["api-token", "db-pass", "master-key"]
 BLOB_FORMAT = "ironclaw-sealed-blob/1"
 NONCE_LEN = 12
 
-SEAL_TASK = "Seal the secrets"
-SIGN_TASK = "Sign an unseal approval for this node (on the controller)"
+SEAL_TASK = "Seal the secrets and prove every one unseals"
+SIGN_TASK = "Check the request against the store and sign an unseal approval (on the controller)"
 # The manifest steps that change something when the sealed state changed.
 PUBLISH_TASKS = [
-    "Sign the next manifest version if the sealed state changed",
-    "Store the manifest (append-only, floor and fork checked)",
+    "Sign and store the next manifest version when the sealed state changed",
     "Verify the manifest on the node and cache it there",
 ]
-STORE_TASK = PUBLISH_TASKS[1]
+STORE_TASK = PUBLISH_TASKS[0]
 
 VM_MAIN = 100
 VM_CHANGED = 101
@@ -57,7 +58,13 @@ VM_BAD_POLICY = 106
 VM_BAD_SRC = 107
 VM_NOT_ENROLLED = 108
 VM_BAD_UUID = 109
+VM_CEILING = 110
+VM_ROLE = 113
+# A run killed at each fault point of the provision steps (plugins/plugin_utils/faults.py), one VM each.
+VM_FAULTS = {"provision.sealed": 111, "provision.recorded": 112}
 VM_CHECK = 200
+# The provision playbook's ceiling: request check, lock, five steps, release.
+PROVISION_MAX_TASKS = 8
 
 
 def mode(path: Path) -> int:
@@ -202,6 +209,59 @@ def test_changed_secret_reseals_only_that_blob(enrolled: Lab, node: str):
     dest = lab.root / f"rotated-{node}"
     lab.unseal(node, VM_CHANGED, dest)
     assert (dest / "db-pass").read_bytes() == b"second value, rotated\n"
+
+
+def test_provision_runs_in_at_most_eight_tasks_and_a_re_run_changes_nothing(enrolled: Lab):
+    first = enrolled.provision("nodeB", VM_CEILING)
+    assert task_count(first.stdout) <= PROVISION_MAX_TASKS, first.stdout
+    before = enrolled.snapshot()
+    again = enrolled.provision("nodeB", VM_CEILING)
+    assert task_count(again.stdout) <= PROVISION_MAX_TASKS, again.stdout
+    assert again.recap["nodeB"]["changed"] == 0, changed_tasks(again.stdout)
+    assert enrolled.snapshot() == before
+    probe = enrolled.provision("nodeB", VM_CEILING, check=True)
+    assert task_count(probe.stdout) <= PROVISION_MAX_TASKS, probe.stdout
+    assert probe.recap["nodeB"]["changed"] == 0, changed_tasks(probe.stdout)
+
+
+@pytest.mark.parametrize("point", sorted(VM_FAULTS))
+def test_killed_provision_converges_when_re_run(enrolled: Lab, point: str):
+    node, vmid = "nodeA", VM_FAULTS[point]
+    args = enrolled.vm_args(node, vmid, secrets_file=enrolled.secrets_file)
+    killed = enrolled.start("provision", *args, env_extra={"IRONCLAW_FAULT_AT": point})
+    killed.communicate(timeout=180)
+    assert killed.returncode == -signal.SIGKILL, f"the run was not killed at {point}"
+    # Killed right after the step's effect: sealed on the node, recorded (or not yet) in the store.
+    assert sorted(p.name for p in enrolled.vm_dir(node, vmid).glob("*.sealed")) == [
+        f"{name}.sealed" for name in SECRET_NAMES
+    ]
+    recorded = [p.name for p in enrolled.store_chain(node, vmid)]
+    assert recorded == (["manifest-00000001.json"] if point == "provision.recorded" else [])
+    assert not (enrolled.vm_dir(node, vmid) / "manifest.json").exists(), "killed before the node cached it"
+
+    rerun = enrolled.provision(node, vmid)
+    assert SEAL_TASK not in changed_tasks(rerun.stdout), "the secrets sealed before the kill stay as they are"
+    assert [p.name for p in enrolled.store_chain(node, vmid)] == ["manifest-00000001.json"]
+    verify = enrolled.verify(node, vmid)
+    assert f"VM {vmid} on {node}: manifest v1, 3 secret(s) verified" in verify.stdout
+    before = enrolled.snapshot()
+    assert enrolled.provision(node, vmid).recap[node]["changed"] == 0
+    assert enrolled.snapshot() == before
+
+
+def test_seal_role_seals_and_a_re_run_changes_nothing(enrolled: Lab):
+    """The seal role stays the public contract: the provision steps under it, then manifest_store's publish."""
+    playbook = str(Path(__file__).parent / "playbooks" / "seal_role.yml")
+    args = enrolled.vm_args("nodeB", VM_ROLE, secrets_file=enrolled.secrets_file)
+    first = enrolled.run(playbook, *args)
+    assert SEAL_TASK in changed_tasks(first.stdout), first.stdout
+    assert f"seal role identity {vm_uuid_of('nodeB', VM_ROLE)} from variables" in first.stdout
+    verify = enrolled.verify("nodeB", VM_ROLE)
+    assert f"VM {VM_ROLE} on nodeB: manifest v1, 3 secret(s) verified" in verify.stdout
+    before = enrolled.snapshot()
+    again = enrolled.run(playbook, *args)
+    assert again.recap["nodeB"]["changed"] == 0, changed_tasks(again.stdout)
+    assert enrolled.snapshot() == before
 
 
 # -- check mode ------------------------------------------------------------------

@@ -1,0 +1,291 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ironclaw_provision: each step of provisioning is one controller action and at most one remote host.
+
+Like ansible.builtin.copy, the action does the controller's part in-process (trust root and signing keys,
+policy keys and approvals, manifest and head signing, secret files read into memory) and runs a module
+on the one host the task talks to: the node (``identified``, ``sealed``, ``cached``) or the store host
+through ``delegate_to`` (``planned``, ``recorded``). What may be signed is decided by the authority rules
+(module_utils/_authority) through the functions the ironclaw_policy and ironclaw_manifest actions use.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import (
+    checked_listing,
+    signed,
+    signed_head_after,
+    trusted,
+)
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ARGUMENT_SPEC as POLICY_SPEC
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import spec
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import provision as rules
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import read_regular
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.engine import MAX_PLAINTEXT_LEN
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.faults import reached
+
+NODE_MODULE = "ironclaw.sealed.ironclaw_node"
+MANIFEST_MODULE = "ironclaw.sealed.ironclaw_manifest"
+PROVISION_MODULE = "ironclaw.sealed.ironclaw_provision"
+# The node facts a step passes on (not the module's bookkeeping, nor what Proxmox said).
+_NOT_FACTS = ("changed", "actions", "diff", "invocation", "vm", "pve_node", "failed", "msg")
+
+
+class ModuleFailed(Exception):
+    """A module on the remote host failed: its result is the step's."""
+
+    def __init__(self, result: dict):
+        super().__init__(result.get("msg"))
+        self.result = result
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        _valid, args = self.validate_argument_spec(argument_spec=spec())
+        if crypto_lib.missing():
+            result.update(failed=True, msg=crypto_lib.missing())
+            return result
+        self._vars = task_vars or {}
+        if args["node_name"] is None:
+            args["node_name"] = self._vars.get("inventory_hostname")
+        # The one place where refusals become failures.
+        try:
+            result.update(getattr(self, "_" + args["step"])(args))
+        except ModuleFailed as failed:
+            result.update(failed.result)
+        except IronclawError as exc:
+            result.update(failed=True, msg=str(exc), error=type(exc).__name__)
+        return result
+
+    # -- the remote host -------------------------------------------------------
+    def _module(self, name: str, module_args: dict) -> dict:
+        out = self._execute_module(
+            module_name=name,
+            module_args={k: v for k, v in module_args.items() if v is not None},
+            task_vars=self._vars,
+        )
+        if out.get("failed"):
+            raise ModuleFailed(out)
+        out.pop("invocation", None)
+        return out
+
+    def _node_args(self, args: dict) -> dict:
+        return {k: args[k] for k in ("backend", "tcti", "state_dir", "lock_timeout")}
+
+    def _listing(self, args: dict, now, **what) -> dict:
+        listing = self._module(MANIFEST_MODULE, {"state": "listed", "store_dir": args["store_dir"], **what})
+        return checked_listing(listing, args["controller_dir"], now)[1]
+
+    @property
+    def _check(self) -> bool:
+        return bool(self._task.check_mode)
+
+    # -- the steps -------------------------------------------------------------
+    def _identified(self, args: dict) -> dict:
+        """The VM's identity and the node's facts, read once on the node."""
+        vmid = validate.vmid(args["vmid"])
+        if args["vm_uuid"]:
+            validate.vm_uuid(args["vm_uuid"])
+        pcrs = parse_policy(args["policy"]).pcrs
+        facts = self._module(
+            NODE_MODULE,
+            {
+                **self._node_args(args),
+                "pcrs": str(pcrs) if pcrs else None,
+                "pve": args["pve"],
+                "vmid": vmid if args["pve"] else None,
+            },
+        )
+        identity = rules.vm_identity(
+            vmid,
+            node_name=args["node_name"],
+            uuid=args["vm_uuid"],
+            ctime=args["vm_ctime"],
+            pve={"vm": facts["vm"], "pve_node": facts["pve_node"]} if args["pve"] else None,
+            vm_nodes=args["vm_nodes"],
+        )
+        node = {k: v for k, v in facts.items() if k not in _NOT_FACTS}
+        return {"changed": False, "identity": identity, "node": node}
+
+    def _planned(self, args: dict) -> dict:
+        """Decide on the controller, from the store's verified chain and node record, and sign the approval."""
+        identity = _need(args, "identity", "node", "store_dir")["identity"]
+        now = clock(args["now"])
+        cdir = args["controller_dir"]
+        trusted(
+            {
+                "now": args["now"],
+                "controller_dir": cdir,
+                "create": False,
+                "rotate": False,
+                "signing": args["signing"],
+                "root_expires_days": 365,
+            },
+            self._check,
+        )
+        rules.secret_request(_expanded(args["secrets"]), os.path.isfile)
+        with locked(TrustKeyStore(cdir).controller_dir, "store-head", args["lock_timeout"], shared=True):
+            listing = self._listing(args, now, vm_uuid=identity["uuid"], node_name=args["node_name"])
+        decided = policy_state(
+            {
+                **dict.fromkeys(POLICY_SPEC),
+                "state": "approved",
+                "vmid": identity["vmid"],
+                "vm_uuid": identity["uuid"],
+                "controller_dir": cdir,
+                "node": args["node"],
+                "node_name": args["node_name"],
+                "node_record": listing["node_record"],
+                "chain": listing["chain"],
+                "provision": True,
+                "pcrs": args["node"].get("pcrs") or None,
+                "policy": args["policy"],
+                "now": args["now"],
+            },
+            self._check,
+        )
+        plan = {k: decided.get(k) for k in ("policy_key", "key_name", "policy", "approval")}
+        return {"changed": decided["changed"], "plan": plan}
+
+    def _sealed(self, args: dict) -> dict:
+        """Seal and test-unseal on the node in one module run; files are read here, in memory."""
+        _need(args, "identity", "secrets")
+        secrets = []
+        for item in rules.secret_request(_expanded(args["secrets"]), os.path.isfile):
+            if item.get("src") is None:
+                secrets.append({k: v for k, v in item.items() if k != "src" and v is not None})
+                continue
+            data = read_regular(item["src"], f"secret '{item['name']}' source file", MAX_PLAINTEXT_LEN)
+            secrets.append({"name": item["name"], "content_base64": canonical.b64encode(data)})
+            del data
+        out = self._module(
+            PROVISION_MODULE,
+            {
+                **self._node_args(args),
+                "step": "sealed",
+                "identity": args["identity"],
+                "node_name": args["node_name"],
+                "cluster": args["cluster"],
+                "policy": args["policy"],
+                "policy_key": args["policy_key"],
+                "approval": args["approval"],
+                "secrets": secrets,
+            },
+        )
+        del secrets
+        if not self._check:
+            reached("provision.sealed")
+        return out
+
+    def _recorded(self, args: dict) -> dict:
+        """Sign the next manifest version if the sealed state changed, store it, sign the store's head."""
+        if self._check:
+            return {"changed": False, "msg": "check mode: nothing sealed yet, nothing recorded"}
+        identity = _need(args, "identity", "statement", "store_dir")["identity"]
+        now = clock(args["now"])
+        cdir = args["controller_dir"]
+        # Exclusive: the chain read, the version signed and the head written cannot interleave with another run.
+        with locked(TrustKeyStore(cdir).controller_dir, "store-head", args["lock_timeout"]):
+            listing = self._listing(args, now, vm_uuid=identity["uuid"])
+            ledger = VmLedger.verify(identity["uuid"], listing["chain"], controller_roots(cdir, now))
+            if not rules.record_here(ledger.placement, args["node_name"], only_if_here=args["only_if_here"]):
+                return {"changed": False, "record": None, "reason": f"{ledger.describe()} places it on another node"}
+            issued = signed(
+                {
+                    "statement": args["statement"],
+                    "chain": listing["chain"],
+                    # Only provisioning states the VM's policy; every other version keeps the recorded one.
+                    "provision": args["provision"],
+                    "policy": args["policy"] if args["provision"] else None,
+                    "controller_dir": cdir,
+                    "signing": args["signing"],
+                    "sign_dir": args["sign_dir"],
+                    "expires_days": args["expires_days"],
+                    "max_days": args["max_days"],
+                    "resign_days": args["resign_days"],
+                    "allow_pending": False,
+                    "now": args["now"],
+                },
+                False,
+            )
+            envelope, head = issued["envelope"], listing["head"]
+            if issued["changed"]:
+                stored = self._module(
+                    MANIFEST_MODULE, {"state": "stored", "store_dir": args["store_dir"], "envelope": envelope}
+                )
+                stored = signed_head_after(stored, cdir, now, self._write_head(args))
+                envelope, head = stored.get("envelope", envelope), stored["head"]
+        if args["provision"]:
+            reached("provision.recorded")
+        record = {
+            "envelope": envelope,
+            "version": issued.get("version"),
+            "head": head,
+            "trust_roots": listing["trust_roots"],
+            "floor": listing["floor"],
+        }
+        return {"changed": issued["changed"], "reason": issued.get("reason"), "record": record}
+
+    def _write_head(self, args: dict):
+        def write(head: dict) -> dict:
+            try:
+                return self._module(MANIFEST_MODULE, {"state": "stored", "store_dir": args["store_dir"], "head": head})
+            except ModuleFailed as failed:
+                return failed.result
+
+        return write
+
+    def _cached(self, args: dict) -> dict:
+        """Verify the stored manifest on the node and cache it there."""
+        if self._check:
+            return {"changed": False, "msg": "check mode: nothing recorded, nothing to cache"}
+        if args["record"] is None:
+            return {"changed": False, "msg": "nothing recorded on this node, nothing to cache"}
+        _need(args, "identity")
+        return self._module(
+            PROVISION_MODULE,
+            {
+                **self._node_args(args),
+                "step": "cached",
+                "identity": args["identity"],
+                "node_name": args["node_name"],
+                "cluster": args["cluster"],
+                "record": args["record"],
+                "warn_days": args["warn_days"],
+                "now": args["now"],
+            },
+        )
+
+
+def _need(args: dict, *names: str) -> dict:
+    missing = [n for n in names if not args.get(n)]
+    if missing:
+        raise InputError(f"step={args['step']} needs {', '.join(missing)}")
+    return args
+
+
+def _expanded(secrets) -> list:
+    """The secrets asked for, each src with ~ expanded (files are read on the controller)."""
+    if not isinstance(secrets, list):
+        return secrets
+    return [
+        {**item, "src": os.path.expanduser(item["src"])} if isinstance(item, dict) and item.get("src") else item
+        for item in secrets
+    ]
