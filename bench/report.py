@@ -218,7 +218,7 @@ def target_lines(targets: list[dict]) -> list[str]:
         if target["measured"] is None:
             verdict = "not measured in this run"
         else:
-            verdict = f"measured {target['measured']:g}, {'met' if target['met'] else 'NOT met'}"
+            verdict = f"measured {target['measured']:.3g}, {'met' if target['met'] else 'NOT met'}"
         lines.append(f"{target['what']} ≤ {target['at_most']:g}: {verdict}")
     return lines
 
