@@ -159,12 +159,28 @@ def main(argv: list[str]) -> int:
     doc["seconds_total"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1)
     doc["ratios"] = report.ratios(doc["results"])
     print(report.table(doc))
-    write(doc, args.out, started)
+    write(carry_over(doc, args.out / "latest.json"), args.out, started)
     return 1 if doc["errors"] or doc.get("migration", {}).get("errors") else 0
 
 
 def failed(doc: dict, n: int) -> set:
     return {e["tool"] for e in doc["errors"] if e["n"] == n}
+
+
+SEAL_KEYS = ("tools", "sizes", "results", "ratios")
+
+
+def carry_over(doc: dict, previous: Path) -> dict:
+    """A full run without the seal part keeps the seal figures of the latest full run in latest.*, marked with
+    that run's date (``seal_from``), so that a migration-only run does not drop the tables the README quotes."""
+    if doc["quick"] or "seal" in doc["parts"] or not previous.exists():
+        return doc
+    old = json.loads(previous.read_text())
+    if not old.get("results"):
+        return doc
+    kept = {key: old.get(key) for key in SEAL_KEYS}
+    seal_from = old.get("seal_from") or {"date": old["date"], "machine": old["machine"]}
+    return {**doc, **kept, "seal_from": seal_from}
 
 
 def write(doc: dict, out: Path, started: datetime.datetime) -> None:
@@ -178,7 +194,7 @@ def write(doc: dict, out: Path, started: datetime.datetime) -> None:
         log(f"wrote {path}")
     (out / f"{latest}.md").write_text(report.compact_markdown(doc) + "\n")
     plots = []
-    if doc["results"]:
+    if doc["results"] and not doc.get("seal_from"):  # a carried-over seal part keeps its plot
         plots.append((plot.render, out / f"{latest}.png"))
     if doc.get("migration"):
         plots.append((plot.render_migration, out / f"{latest}-migration.png"))

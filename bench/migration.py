@@ -85,6 +85,16 @@ FLEET_FIRST_VMID = 200
 MANIFEST = {"version": 1, "digest": "ab" * 32}
 MIGRATION_WINDOW = timedelta(hours=1)
 PLAYBOOK_TIMEOUT = 900
+# The baseline of the one-VM migrate playbook: one play on localhost, one ping delegated to each node, one on
+# localhost (the hosts and connections migrate's steps use). Timed in the same runs as migrate, at TRIVIAL_N.
+TRIVIAL_PLAY = Path(__file__).resolve().parent / "playbooks" / "trivial.yml"
+TRIVIAL_N = 1
+# Issue #13's targets for `make bench`: (key, what, at most).
+TARGET_FLEET_VMS = 50
+TARGETS = (
+    ("migrate_over_trivial_play", "migrate of one VM ÷ the trivial play, median time", 3),
+    ("fleet_one_run_seconds", f"{TARGET_FLEET_VMS} VMs migrated by one run, seconds", 60),
+)
 
 
 @dataclasses.dataclass
@@ -423,6 +433,14 @@ class TwoNodeLab:
             out.close()
         return Finished(proc.returncode, log.read_text(errors="replace"))
 
+    def run_trivial(self) -> str:
+        """The trivial play on the lab's hosts, its output; BenchError when it fails."""
+        log = self.root / "trivial.log"
+        done = self.finish(*self.start(str(TRIVIAL_PLAY), log=log), log=log)
+        if done.returncode != 0:
+            raise BenchError(f"the trivial play exited {done.returncode}:\n{done.output[-4000:]}")
+        return done.output
+
     def provision(self, node: str, vmid: int, secrets_file: Path) -> None:
         self.run("provision", *self.lab.vm_args(node, vmid, secrets_file=secrets_file))
 
@@ -493,9 +511,15 @@ def failure_of(output: str, root: Path) -> dict:
 # -- playbook, one VM ------------------------------------------------------------------------------------------
 
 
-def playbook_single(lab: TwoNodeLab, sizes: tuple[int, ...], runs: int, log) -> tuple[list[dict], list[dict]]:
-    """Migrate one VM with N secrets, `runs` times per N, each from the same freshly provisioned start."""
-    rows, errors = [], []
+def ratio(mine: float | None, base: float | None) -> float | None:
+    """mine ÷ base, rounded; None where either is missing or base is 0."""
+    return round(mine / base, 2) if mine is not None and base else None
+
+
+def playbook_single(lab: TwoNodeLab, sizes: tuple[int, ...], runs: int, log) -> tuple[list[dict], list[dict], dict]:
+    """Migrate one VM with N secrets, `runs` times per N, each from the same freshly provisioned start. At
+    TRIVIAL_N, each migrate run is preceded by a run of the trivial play from the same start (the baseline)."""
+    rows, errors, trivial = [], [], {}
     lab.save("enrolled")
     for n in sizes:
         secrets = make_secrets(n)
@@ -511,8 +535,19 @@ def playbook_single(lab: TwoNodeLab, sizes: tuple[int, ...], runs: int, log) -> 
             errors.append({"part": "playbook", "n": n, "error": str(exc)})
             log(f"migrate playbook N={n}: provisioning failed: {exc}")
             continue
-        done = []
+        done, baseline = [], []
         for index in range(runs):
+            if n == TRIVIAL_N:
+                try:
+                    lab.restore(f"one-vm-{n}")
+                    steps = {}
+                    with lab.meter.window(steps, "trivial"):
+                        lab.run_trivial()
+                    baseline.append(steps["trivial"])
+                    log(f"trivial play run {index + 1}/{runs}: {steps['trivial'].seconds:.2f}s")
+                except BenchError as exc:
+                    errors.append({"part": "trivial play", "n": n, "error": str(exc)})
+                    log(f"trivial play: failed: {exc}")
             try:
                 lab.restore(f"one-vm-{n}")
                 steps = {}
@@ -531,15 +566,35 @@ def playbook_single(lab: TwoNodeLab, sizes: tuple[int, ...], runs: int, log) -> 
             done.append(step)
             log(f"migrate playbook N={n} run {index + 1}/{runs}: {step.seconds:.2f}s {sum(step.tpm.values())} cmds")
         if done:
-            row = _row(
-                [s.seconds for s in done],
-                [s.tpm for s in done],
-                [s.processes for s in done],
-                [s.tpm_by_node for s in done],
-                [s.leftovers for s in done],
-            )
-            rows.append({"tool": "ironclaw-playbook", "n": n, "runs": len(done), **row})
-    return rows, errors
+            row = {"tool": "ironclaw-playbook", "n": n, "runs": len(done), **_row_of(done)}
+            rows.append(row)
+            if baseline:
+                base = {"tool": "trivial-play", "n": n, "runs": len(baseline), **_row_of(baseline)}
+                trivial = {
+                    "playbook": str(TRIVIAL_PLAY.relative_to(TRIVIAL_PLAY.parents[2])),
+                    "migrate_n": n,
+                    "trivial": base,
+                    "migrate_seconds_median": row["seconds_median"],
+                    "ratio": {
+                        "seconds": ratio(row["seconds_median"], base["seconds_median"]),
+                        "processes": ratio(row["processes"], base["processes"]),
+                    },
+                }
+                log(
+                    f"migrate N={n} ÷ trivial play: time ×{trivial['ratio']['seconds']}, "
+                    f"processes ×{trivial['ratio']['processes']}"
+                )
+    return rows, errors, trivial
+
+
+def _row_of(windows: list[Counted]) -> dict:
+    return _row(
+        [s.seconds for s in windows],
+        [s.tpm for s in windows],
+        [s.processes for s in windows],
+        [s.tpm_by_node for s in windows],
+        [s.leftovers for s in windows],
+    )
 
 
 # -- playbook, fleet -------------------------------------------------------------------------------------------
@@ -767,6 +822,7 @@ def measure(
         "fleet": [],
         "errors": [],
         "not_measured": None,
+        "trivial_play": None,
     }
     started = time.perf_counter()
     try:
@@ -795,9 +851,10 @@ def measure(
         try:
             with TwoNodeLab(root, procs) as lab:
                 doc["playbook_setup_tpm_commands"] = lab.setup_tpm
-                rows, errors = playbook_single(lab, playbook_sizes, 1 if quick else PLAYBOOK_RUNS, log)
+                rows, errors, trivial = playbook_single(lab, playbook_sizes, 1 if quick else PLAYBOOK_RUNS, log)
                 doc["results"] += rows
                 doc["errors"] += errors
+                doc["trivial_play"] = trivial or None
                 done = fleet(lab, fleet_sizes, fleet_parallel, log, batch_sizes)
                 doc["fleet"] = done["rows"]
                 doc["errors"] += done["errors"]
@@ -811,5 +868,25 @@ def measure(
             shutil.rmtree(root, ignore_errors=True)
     elif reason:
         doc["not_measured"] = f"playbook: {reason}"
+    doc["targets"] = targets(doc)
     doc["seconds_total"] = round(time.perf_counter() - started, 1)
     return doc
+
+
+def targets(mig: dict) -> list[dict]:
+    """The measured values against the targets of issue #13 (TARGETS), where this run measured them."""
+    fleet_one_run = {r["vms"]: r for r in mig.get("fleet", []) if r["parallel"] == ONE_RUN and not r["failed"]}
+    measured = {
+        "migrate_over_trivial_play": (mig.get("trivial_play") or {}).get("ratio", {}).get("seconds"),
+        "fleet_one_run_seconds": (fleet_one_run.get(TARGET_FLEET_VMS) or {}).get("seconds"),
+    }
+    return [
+        {
+            "target": key,
+            "what": what,
+            "at_most": limit,
+            "measured": measured[key],
+            "met": None if measured[key] is None else measured[key] <= limit,
+        }
+        for key, what, limit in TARGETS
+    ]

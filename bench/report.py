@@ -98,6 +98,8 @@ def compact_markdown(doc: dict) -> str:
     """The README's tables: sealing and unsealing (per operation and N, each tool's median time, TPM commands and
     processes), then migration."""
     parts = []
+    if doc.get("seal_from"):
+        parts.append(f"Seal and unseal: from the run of {doc['seal_from']['date']}; migration: {doc['date']}.")
     if doc["results"]:
         parts.append(_seal_markdown(doc))
     if doc.get("migration"):
@@ -154,6 +156,17 @@ def migration_table(mig: dict) -> list[str]:
                 f"{row['n']:>6}  {'migrate playbook':<22}{row['runs']:>5}{row['seconds_median']:>11.3f}"
                 f"{row['tpm_commands']:>10}{_tpm_split(row):>9}{_count_text(row['processes']):>11}"
             )
+    trivial = mig.get("trivial_play")
+    if trivial:
+        base = trivial["trivial"]
+        lines.append(
+            f"{base['n']:>6}  {'trivial play':<22}{base['runs']:>5}{base['seconds_median']:>11.3f}"
+            f"{base['tpm_commands']:>10}{_tpm_split(base):>9}{_count_text(base['processes']):>11}"
+        )
+        lines.append(
+            f"migrate playbook N={trivial['migrate_n']} ÷ trivial play ({trivial['playbook']}, same hosts, same runs): "
+            f"time {_ratio_text(trivial['ratio']['seconds'])}, processes {_ratio_text(trivial['ratio']['processes'])}"
+        )
     if mig.get("fleet"):
         lines += [
             "",
@@ -188,10 +201,25 @@ def migration_table(mig: dict) -> list[str]:
                 f"  {unit}: a = {fit['a_per_migration']:g} per migration, b = {fit['b_per_reapproval']:g} per "
                 f"re-approval (worst fit error {fit['worst_fit_error']:.1%}); projected, not measured: {projected}"
             )
+    if mig.get("targets"):
+        lines += ["", "targets (issue #13):"]
+        lines += [f"  {line}" for line in target_lines(mig["targets"])]
     if mig.get("not_measured"):
         lines += ["", f"migration: not measured here: {mig['not_measured']}"]
     for error in mig.get("errors", []):
         lines += ["", f"migration error: {error}"]
+    return lines
+
+
+def target_lines(targets: list[dict]) -> list[str]:
+    """One line per target: what, the limit, the measured value, met or not."""
+    lines = []
+    for target in targets:
+        if target["measured"] is None:
+            verdict = "not measured in this run"
+        else:
+            verdict = f"measured {target['measured']:.3g}, {'met' if target['met'] else 'NOT met'}"
+        lines.append(f"{target['what']} ≤ {target['at_most']:g}: {verdict}")
     return lines
 
 
@@ -228,6 +256,16 @@ def migration_markdown(mig: dict) -> str:
         )
         cells.append(f"{mine['bundle_bytes']:,} B".replace(",", " ") if mine else "—")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    trivial = mig.get("trivial_play")
+    if trivial:
+        base = trivial["trivial"]
+        lines += [
+            "",
+            f"Trivial play on the same hosts (`{trivial['playbook']}`), timed in the same run as the migrate playbook"
+            f" at N = {trivial['migrate_n']}: {_cell(base['seconds_median'], base['tpm_commands'])} · "
+            f"{_count_text(base['processes'])} proc (median of {base['runs']}); migrate ÷ trivial play: time "
+            f"{_ratio_text(trivial['ratio']['seconds'])}, processes {_ratio_text(trivial['ratio']['processes'])}.",
+        ]
     if mig.get("fleet"):
         parallel = sorted({r["parallel"] for r in mig["fleet"]})
         fleet = {(r["vms"], r["parallel"]): r for r in mig["fleet"]}
@@ -251,4 +289,6 @@ def migration_markdown(mig: dict) -> str:
                     cell += f" · not converged: {'; '.join(row['check_problems'])}"
                 cells.append(cell)
             lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    if mig.get("targets"):
+        lines += ["", "Targets (issue #13):", ""] + [f"- {line}" for line in target_lines(mig["targets"])]
     return "\n".join(lines)
