@@ -173,19 +173,23 @@ def import_(
                 "the node the store places it on"
             )
         if not check_mode:
-            keyslot = vm.keyslot()
-            result["statement"] = make_statement(
-                describe_vm(state_dir, vm.vmid, vm.vm_uuid),
-                vmid=vm.vmid,
-                vm_uuid=vm.vm_uuid,
-                vm_ctime=entry.get("vm_ctime"),
-                cluster=cluster,
-                node_name=node_name,
-                node_id=keyslot.node_name,
-                migration=result["migration"],
-            )
+            result["statement"] = _statement(state_dir, vm, entry, cluster, node_name, result["migration"])
         out[str(vm.vmid)] = result
     return out
+
+
+def _statement(state_dir: str, vm: VmDir, entry: dict, cluster: str, node_name: str, migration=None) -> dict:
+    """What the controller would record for the VM's sealed state here (`migration` when it arrived by one)."""
+    return make_statement(
+        describe_vm(state_dir, vm.vmid, vm.vm_uuid),
+        vmid=vm.vmid,
+        vm_uuid=vm.vm_uuid,
+        vm_ctime=entry.get("vm_ctime"),
+        cluster=cluster,
+        node_name=node_name,
+        node_id=vm.keyslot().node_name,
+        migration=migration,
+    )
 
 
 def describe(state_dir: str, vms: list[dict], *, cluster: str, node_name: str) -> dict:
@@ -193,16 +197,7 @@ def describe(state_dir: str, vms: list[dict], *, cluster: str, node_name: str) -
     out = {}
     for entry in vms:
         vm = _vm(state_dir, entry)
-        keyslot = vm.keyslot()
-        out[str(vm.vmid)] = make_statement(
-            describe_vm(state_dir, vm.vmid, vm.vm_uuid),
-            vmid=vm.vmid,
-            vm_uuid=vm.vm_uuid,
-            vm_ctime=entry.get("vm_ctime"),
-            cluster=cluster,
-            node_name=node_name,
-            node_id=keyslot.node_name,
-        )
+        out[str(vm.vmid)] = _statement(state_dir, vm, entry, cluster, node_name)
     return out
 
 
