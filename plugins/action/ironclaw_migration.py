@@ -23,6 +23,7 @@ from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import
     signed,
     signed_head_after,
 )
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC as MANIFEST_SPEC
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
@@ -100,7 +101,7 @@ class ActionModule(ActionBase):
             result.update(getattr(self, "_" + step)(run, now))
         except IronclawError as exc:
             msg = str(exc)
-            if (run or {}).get("changed_nothing", True) and "changed" not in msg:
+            if (run or {}).get("changed_nothing", True):
                 msg = f"{msg} {plan.NOTHING_CHANGED}"
             result.update(failed=True, msg=msg, error=getattr(exc, "error", None) or type(exc).__name__)
         return result
@@ -300,7 +301,7 @@ class ActionModule(ActionBase):
         changed = False
         migration = {"source": source, "target": target, "not_after": run["not_after"]}
         for vm, entry in zip(pending, entries, strict=True):
-            granted = reapproval.policy_decision(
+            granted = policy_state(
                 {
                     "state": "granted",
                     "vmid": vm["vmid"],
@@ -339,13 +340,17 @@ class ActionModule(ActionBase):
                 path = self._bundle_path(run, vm)
                 ensure_dir(os.path.dirname(path), 0o700)
                 write_atomic(path, bundle.encode("utf-8"), 0o600)
-            vms[str(vm["vmid"])] = {**vm, "exported": {k: v for k, v in done.items() if k != "path"}}
+            vms[str(vm["vmid"])] = {
+                **vm,
+                "status": vm["status"] if self._task.check_mode else "exported",
+                "exported": {k: v for k, v in done.items() if k != "path"},
+            }
         faults.reached("migration.fetched")
         return {"changed": changed or exported["changed"], "run": {**run, "vms": vms, "changed_nothing": False}}
 
     def _imported(self, run: dict, now) -> dict:
         """On the target: approvals signed for it, the bundles imported and test-unsealed, statements to record."""
-        moving = [vm for vm in run["vms"].values() if vm["status"] in ("pending", "imported")]
+        moving = [vm for vm in run["vms"].values() if vm["status"] in ("pending", "exported", "imported")]
         if not moving:
             return {"changed": False, "run": run}
         if self._task.check_mode:
@@ -360,7 +365,7 @@ class ActionModule(ActionBase):
             )["node"]
         entries = []
         for vm in moving:
-            approved = reapproval.policy_decision(
+            approved = policy_state(
                 {
                     "state": "approved",
                     "vmid": vm["vmid"],

@@ -245,6 +245,7 @@ def _placed(args: dict, now) -> dict:
     return {"changed": False, "placed": placed, "refused": refused}
 
 
-def run_state(args: dict, check_mode: bool) -> dict:
-    """The policy states on validated arguments, for other controller actions (the provision steps)."""
-    return ActionModule._run(args, check_mode)
+def run_state(args: dict, check_mode: bool = False) -> dict:
+    """The policy states for other controller actions (provision, migration, re-approval): `args` as for this
+    action, the options left out taking their defaults."""
+    return ActionModule._run({**{k: v.get("default") for k, v in ARGUMENT_SPEC.items()}, **args}, check_mode)

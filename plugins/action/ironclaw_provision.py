@@ -21,7 +21,6 @@ from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import
     signed_head_after,
     trusted,
 )
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ARGUMENT_SPEC as POLICY_SPEC
 from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import spec
@@ -145,7 +144,6 @@ class ActionModule(ActionBase):
             listing = self._listing(args, now, vm_uuid=identity["uuid"], node_name=args["node_name"])
         decided = policy_state(
             {
-                **dict.fromkeys(POLICY_SPEC),
                 "state": "approved",
                 "vmid": identity["vmid"],
                 "vm_uuid": identity["uuid"],

@@ -232,6 +232,17 @@ def _hookscript(p: dict, module, cli, *, vmid=None, node_id=None) -> dict:
     return hookscript_state(args, module.check_mode, cli)
 
 
+def _hooked(p: dict, module, cli, node_id=None) -> bool:
+    """On Proxmox VE with a hookscript given: the snippet (and with `node_id` this node's record) installed, then
+    attached to the VMs of O(attach). Whether anything changed."""
+    if cli is None or not p["hookscript"]:
+        return False
+    changed = node_id is not None and _hookscript(p, module, cli, node_id=node_id)["changed"]
+    for vmid in p["attach"] or []:
+        changed |= _hookscript(p, module, cli, vmid=vmid)["changed"]
+    return changed
+
+
 def run(module) -> dict:
     p = module.params
     step, now = p["step"], clock(p["now"])
@@ -276,11 +287,7 @@ def run(module) -> dict:
                 out = node.export(backend, p["state_dir"], vms, now=now, check_mode=module.check_mode, prepare=prepare)
             return {"changed": any(r["changed"] for r in out.values()), "vms": out}
         if step == "imported":
-            hooked = False
-            if cli is not None and p["hookscript"]:
-                hooked = _hookscript(p, module, cli, node_id=backend.identity()[0].hex())["changed"]
-                for vmid in p["attach"] or []:
-                    hooked |= _hookscript(p, module, cli, vmid=vmid)["changed"]
+            hooked = _hooked(p, module, cli, node_id=backend.identity()[0].hex())
             with _locks(p, False, module.check_mode):
                 out = node.import_(
                     backend,
@@ -305,16 +312,11 @@ def run(module) -> dict:
                     check_mode=module.check_mode,
                 )
         if step == "revoked":
-            changed = False
-            if cli is not None:
-                for vmid in p["attach"] or []:
-                    changed |= _hookscript(p, module, cli, vmid=vmid)["changed"]
-                for vmid in p["move_vms"] or []:
-                    if module.check_mode:
-                        changed = True
-                    else:
-                        cli.migrate(vmid, p["move_to"])
-                        changed = True
+            changed = _hooked(p, module, cli)
+            for vmid in (p["move_vms"] or []) if cli is not None else []:
+                if not module.check_mode:
+                    cli.migrate(vmid, p["move_to"])
+                changed = True
             with _locks(p, True, module.check_mode):
                 result = node.revoke(
                     backend,

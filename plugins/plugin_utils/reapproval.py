@@ -11,14 +11,8 @@ the bump changed (a software bump rewraps their keyslots) so that the caller rec
 
 from __future__ import annotations
 
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ARGUMENT_SPEC as POLICY_SPEC
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import ActionModule as PolicyAction
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_decision
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
-
-
-def policy_decision(args: dict, check_mode: bool = False) -> dict:
-    """ironclaw_policy's decision for `args` (its options, defaults filled in), in process."""
-    return PolicyAction._run({**{k: v.get("default") for k, v in POLICY_SPEC.items()}, **args}, check_mode)
 
 
 def reapprove(

@@ -111,7 +111,7 @@ def export_vm(
         "not_after": migration["not_after"],
     }
     existing = read_bundle(path)
-    if (
+    kept = (
         existing is not None
         and existing.keyslot_id == keyslot.keyslot_id
         and existing.target_name == grant.target_name
@@ -119,17 +119,14 @@ def export_vm(
         and existing.migration_target == migration["target"]
         and existing.blobs == tuple(blobs)
         and _not_expired(existing, now)
-    ):
-        if prepare is not None:
-            summary["vm"] = prepare()
-        return {"changed": False, "status": "already-exported", **summary, "not_after": existing.not_after}
-    if check_mode:
-        if prepare is not None:
-            summary["vm"] = prepare()
-        return {"changed": True, "status": "would-export", **summary}
-    sealed = backend.export_keyslot(keyslot, grant)
+    )
+    sealed = None if kept or check_mode else backend.export_keyslot(keyslot, grant)
     if prepare is not None:
         summary["vm"] = prepare()
+    if kept:
+        return {"changed": False, "status": "already-exported", **summary, "not_after": existing.not_after}
+    if check_mode:
+        return {"changed": True, "status": "would-export", **summary}
     bundle = Bundle(
         vmid=vm.vmid,
         vm_uuid=vm.vm_uuid,
