@@ -35,7 +35,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._migration import plan
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils import faults, reapproval
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils import faults, reapproval, store_host
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.hookscript import build_hookscript
 
 MODULE = "ironclaw.sealed.ironclaw_migration"
@@ -125,6 +125,10 @@ class ActionModule(ActionBase):
         if out.get("failed"):
             raise _ModuleFailed(out.get("msg", "the node step failed"), out.get("error"))
         return out
+
+    def _store(self, args: dict) -> dict:
+        """The store host's half (ironclaw_manifest), in process when the store host is the controller."""
+        return store_host.call(self, STORE_MODULE, args, self._vars, self._task.check_mode)
 
     def _node_args(self, run: dict, role: str, step: str, **more) -> dict:
         node = run["nodes"][role]
@@ -232,8 +236,7 @@ class ActionModule(ActionBase):
         # The source's other VMs: after its epoch bump they need new approvals, decided from their chains, read
         # here on the store host with the rest (the revocation runs on the source, which may not reach the store).
         stay = sorted({vm["vm_uuid"] for vm in run["source"]["resident"]} - set(uuids))
-        listing = self._module(
-            STORE_MODULE,
+        listing = self._store(
             {
                 "state": "listed",
                 "store_dir": run["store_dir"],
@@ -433,8 +436,8 @@ class ActionModule(ActionBase):
                 )
                 if not signed_out["changed"] or self._task.check_mode:
                     continue
-                last = self._module(
-                    STORE_MODULE, {"state": "stored", "store_dir": run["store_dir"], "envelope": signed_out["envelope"]}
+                last = self._store(
+                    {"state": "stored", "store_dir": run["store_dir"], "envelope": signed_out["envelope"]}
                 )
                 touched.extend(last["touched"])
                 recorded[str(vm["vmid"])] = last["envelope"]
@@ -442,9 +445,7 @@ class ActionModule(ActionBase):
             if last is not None:
 
                 def write_head(envelope):
-                    return self._module(
-                        STORE_MODULE, {"state": "stored", "store_dir": run["store_dir"], "head": envelope}
-                    )
+                    return self._store({"state": "stored", "store_dir": run["store_dir"], "head": envelope})
 
                 head = signed_head_after({**last, "touched": touched}, run["controller_dir"], now, write_head)["head"]
         return {"recorded": recorded, "head": head}, bool(recorded)

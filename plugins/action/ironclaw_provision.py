@@ -35,6 +35,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._format import can
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.engine import MAX_PLAINTEXT_LEN
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils import store_host
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.faults import reached
 
 NODE_MODULE = "ironclaw.sealed.ironclaw_node"
@@ -75,11 +76,11 @@ class ActionModule(ActionBase):
 
     # -- the remote host -------------------------------------------------------
     def _module(self, name: str, module_args: dict) -> dict:
-        out = self._execute_module(
-            module_name=name,
-            module_args={k: v for k, v in module_args.items() if v is not None},
-            task_vars=self._vars,
-        )
+        module_args = {k: v for k, v in module_args.items() if v is not None}
+        if name == MANIFEST_MODULE:
+            # The store host's half: in process when the store host is the controller (plugin_utils/store_host).
+            return store_host.call(self, name, module_args, self._vars, self._check)
+        out = self._execute_module(module_name=name, module_args=module_args, task_vars=self._vars)
         if out.get("failed"):
             raise ModuleFailed(out)
         out.pop("invocation", None)
@@ -243,10 +244,7 @@ class ActionModule(ActionBase):
 
     def _write_head(self, args: dict):
         def write(head: dict) -> dict:
-            try:
-                return self._module(MANIFEST_MODULE, {"state": "stored", "store_dir": args["store_dir"], "head": head})
-            except ModuleFailed as failed:
-                return failed.result
+            return self._module(MANIFEST_MODULE, {"state": "stored", "store_dir": args["store_dir"], "head": head})
 
         return write
 
