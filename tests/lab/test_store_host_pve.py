@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from labrig import LabInstance, lab_unavailable
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.lab
 INSTANCE = ("iclabs", "10.213.9.0/24")
 VMID = 100
 VM_UUID = "6f1c2a4e-9b7d-4c1a-8e2f-000000000100"
-STORE_DIR = "/var/lib/ironclaw-store"
+# pve3's private /root (the lab binds it from the node's own directory): the controller's /root/ironclaw-store
+# staying absent shows the store steps ran on pve3, not in the controller's process.
+STORE_DIR = "/root/ironclaw-store"
 ON_STORE = ("-e", "ironclaw_store_host=pve3", "-e", f"ironclaw_store_dir={STORE_DIR}")
 
 
@@ -30,6 +33,8 @@ def rig(tmp_path_factory):
         pytest.skip(reason)
     if not ANSIBLE_PLAYBOOK.exists():
         pytest.skip(f"{ANSIBLE_PLAYBOOK} not found: run the tests with the venv's python (make bootstrap)")
+    if Path(STORE_DIR).exists():
+        pytest.fail(f"{STORE_DIR} exists on this machine: remove it, the test reads its absence")
     lab = LabInstance(*INSTANCE)
     lab.cli("down")
     lab.cli("up", "3")
@@ -60,4 +65,5 @@ def test_a_store_on_a_node_serves_provision_and_migration_over_ssh(rig):
     assert [m["version"] for m in manifests] == [1, 2]
     assert manifests[-1]["node"]["name"] == "pve2"
     assert not (rig.controller_dir / "store" / "vms").exists(), "the controller keeps no copy of the store"
+    assert not Path(STORE_DIR).exists(), "the store steps ran on pve3, not in the controller's process"
     assert rig.unsealed("pve2", VMID, VM_UUID) == {"master-key": (rig.root / "master-key.bin").read_bytes()}
