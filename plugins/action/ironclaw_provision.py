@@ -124,6 +124,17 @@ class ActionModule(ActionBase):
         node = {k: v for k, v in facts.items() if k not in _NOT_FACTS}
         return {"changed": False, "identity": identity, "node": node}
 
+    def _placed(self, args: dict) -> dict:
+        """On the store host: the VM's chain, verified here; refused unless it places the VM, active, on this node.
+        Returns what the node's verification takes (newest envelope, floor, head, the controller's trust roots)."""
+        identity = _need(args, "identity", "store_dir")["identity"]
+        now = clock(args["now"])
+        listing = self._listing(args, now, vm_uuid=identity["uuid"])
+        ledger = VmLedger.verify(identity["uuid"], listing["chain"], controller_roots(args["controller_dir"], now))
+        rules.placed_here(ledger, identity["vmid"], args["node_name"])
+        record = {key: listing[key] for key in ("floor", "head", "trust_roots")}
+        return {"changed": False, "record": {**record, "envelope": listing["latest"], "version": ledger.newest.version}}
+
     def _planned(self, args: dict) -> dict:
         """Decide on the controller, from the store's verified chain and node record, and sign the approval."""
         identity = _need(args, "identity", "node", "store_dir")["identity"]

@@ -15,6 +15,9 @@ description:
   - C(identified) runs on the node. It reads the node's TPM facts once and, with O(pve), asks Proxmox for the
     VM, returning the VM's identity (a VM not on this node, or with another uuid or creation time than one
     given, is refused) and the node's facts.
+  - C(placed) runs on the store host. It reads the VM's chain from the store (checked against its signed head),
+    verifies it on the controller and refuses unless its newest manifest places the VM, active, on this node
+    (what a restore from backup may verify here); it returns that manifest as RV(record) for the node's check.
   - C(planned) runs on the store host. It checks the controller's trust root and signing keys, the secrets
     asked for (every O(secrets[].src) a file on the controller) and the policy, reads the VM's chain and the
     node's signed record from the store (the store checked against its signed head), decides by the authority
@@ -36,7 +39,7 @@ options:
     description: The step to run (see the description).
     type: str
     required: true
-    choices: [identified, planned, sealed, recorded, cached]
+    choices: [identified, placed, planned, sealed, recorded, cached]
   vmid:
     description: Proxmox VMID of the VM (C(identified)).
     type: raw
@@ -262,7 +265,9 @@ statement:
   type: dict
 record:
   description: The VM's newest stored manifest and what the node checks it against.
-  returned: when O(step=recorded) outside check mode; null when O(only_if_here) and the VM is placed elsewhere
+  returned: >-
+    when O(step=placed); when O(step=recorded) outside check mode, null when O(only_if_here) and the VM is placed
+    elsewhere
   type: dict
   contains:
     envelope:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import sys
 from datetime import UTC, datetime
 
@@ -219,6 +220,13 @@ def test_unknown_vmid_and_unreachable_store_destroy_nothing(lab: Lab):
     before = lab.snapshot()
     unknown = decommission(lab, 4242, expect_fail=True)
     assert "VM 4242 is unknown to the store" in unknown.stdout
-    nostore = decommission(lab, GONE, "-e", "ironclaw_store_host=nodeX-unreachable", expect_fail=True)
-    assert "nodeX-unreachable" in nostore.stdout or "unreachable" in nostore.stdout.lower()
+    # A store host over SSH on a loopback port nothing listens on: unreachable, whatever this machine's Pythons.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    unreachable = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": closed_port}
+    extra = lab.root / "unreachable-store.json"
+    extra.write_text(json.dumps({"all": {"hosts": {"store-unreachable": unreachable}}}))
+    nostore = decommission(lab, GONE, "-i", str(extra), "-e", "ironclaw_store_host=store-unreachable", expect_fail=True)
+    assert "UNREACHABLE" in nostore.stdout and "store-unreachable" in nostore.stdout, nostore.stdout[-3000:]
     assert lab.snapshot() == before

@@ -116,6 +116,21 @@ def test_decommission_during_a_migration_is_refused_naming_it(lab, tmp_path):
     assert_on_exactly(lab, "nodeB", tmp_path)
 
 
+def test_provision_on_a_node_a_migration_leaves_is_refused_naming_it(lab, tmp_path):
+    """A provision signs its approval for the node's current epoch: while a migration away from the node holds the
+    node (its epoch bump is coming), a provision of another VM there waits, then fails naming the migration, and
+    nothing of the new VM is written anywhere."""
+    migration = lab.start("migrate", *migrate_args("nodeB"))
+    holder = wait_for_lock(lab, "node-nodeA", migration)
+    other = VMID + 1
+    refused = lab.provision("nodeA", other, extra=SHORT, expect_fail=True)
+    assert f"held by run {holder['run_id']} (migrate, " in refused.stdout, refused.stdout[-3000:]
+    assert not lab.vm_dir("nodeA", other).exists()
+    assert not (lab.controller_dir / "store" / "vms" / vm_uuid_of("nodeA", other)).exists()
+    lab.wait(migration)
+    assert_on_exactly(lab, "nodeB", tmp_path)
+
+
 def test_killed_run_is_taken_over_here_and_broken_by_run_id_elsewhere(lab, tmp_path):
     env = {
         "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),

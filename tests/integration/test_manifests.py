@@ -242,3 +242,37 @@ def test_store_on_a_separate_host(tmp_path, playbook_tools):
     stored = sorted(p.name for p in (store_dir / "vms" / vm_uuid_of(NODE, VMID)).glob("manifest-*.json"))
     assert stored == ["manifest-00000001.json"]
     assert not (lab.controller_dir / "store" / "vms").exists()
+
+
+def test_a_restored_copy_verifies_where_the_store_places_it_and_is_refused_elsewhere(tmp_path, playbook_tools):
+    """restore_verify after a restore from backup: the VM's chain is verified on the controller, and a copy put on a
+    node its newest manifest does not place it on is refused by name, with nothing changed anywhere."""
+    other = "nodeC"
+    lab = Lab(
+        tmp_path,
+        [
+            Node(NODE, "software", tmp_path / NODE, sys.executable),
+            Node(other, "software", tmp_path / other, sys.executable),
+        ],
+    )
+    init_and_enroll(lab)
+    lab.provision(NODE, VMID)
+    backup = tmp_path / "backup"
+    shutil.copytree(lab.vm_dir(NODE, VMID), backup)
+    shutil.rmtree(lab.vm_dir(NODE, VMID))
+    shutil.copytree(backup, lab.vm_dir(NODE, VMID))
+    restore = str(Path(__file__).parent / "playbooks" / "restore_verify.yml")
+    vm = ("-e", f"ironclaw_vmid={VMID}", "-e", f"ironclaw_vm_uuid={vm_uuid_of(NODE, VMID)}")
+    done = lab.run(restore, "-e", f"ironclaw_node={NODE}", *vm, verbosity=1)
+    verified = task_result(
+        done.stdout,
+        "Verify the sealed state against the store's newest manifest, test-unseal it and cache it here",
+        NODE,
+    )
+    assert verified["manifest"]["version"] == 1 and all(blob["ok"] for blob in verified["blobs"])
+    shutil.copytree(backup, lab.vm_dir(other, VMID))
+    before = lab.snapshot()
+    refused = lab.run(restore, "-e", f"ironclaw_node={other}", *vm, expect_fail=True)
+    assert f"The store records VM {VMID} on {NODE}, not on {other}" in refused.stdout
+    assert "PlacementError" in refused.stdout
+    assert lab.snapshot() == before

@@ -5,11 +5,18 @@ Each refusal is asserted by type and message; these rules used to be Jinja in ro
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import provision
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import NodeView
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, ProxmoxError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    DecommissionedError,
+    InputError,
+    PlacementError,
+    ProxmoxError,
+)
 
 UUID = "6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a6b"
 OTHER_UUID = "7c0a3d2f-4b5e-4f60-9b8c-2d3e4f5a6b7c"
@@ -130,3 +137,21 @@ def test_re_approval_records_nothing_for_a_vm_placed_on_another_node():
 )
 def test_a_version_is_recorded_here_otherwise(placement, only_if_here):
     assert provision.record_here(placement, "node-a", only_if_here=only_if_here)
+
+
+def _ledger(newest):
+    return types.SimpleNamespace(vm_uuid="6f1c2a4e-9b7d-4c1a-8e2f-000000000100", newest=newest)
+
+
+def _manifest(node: str, destroyed: bool = False):
+    return types.SimpleNamespace(node=types.SimpleNamespace(name=node), destroyed=destroyed)
+
+
+def test_placed_here_accepts_only_the_node_the_newest_active_manifest_names():
+    provision.placed_here(_ledger(_manifest("pve1")), 100, "pve1")
+    with pytest.raises(PlacementError, match="The store records VM 100 on pve1, not on pve2"):
+        provision.placed_here(_ledger(_manifest("pve1")), 100, "pve2")
+    with pytest.raises(PlacementError, match="no manifest for VM 100"):
+        provision.placed_here(_ledger(None), 100, "pve1")
+    with pytest.raises(DecommissionedError, match="VM 100 .* was decommissioned"):
+        provision.placed_here(_ledger(_manifest("pve1", destroyed=True)), 100, "pve1")

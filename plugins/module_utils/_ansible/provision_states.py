@@ -19,7 +19,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec impor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 
-STEPS = ("identified", "planned", "sealed", "recorded", "cached")
+STEPS = ("identified", "placed", "planned", "sealed", "recorded", "cached")
 NODE_STEPS = ("sealed", "cached")
 
 SECRET_OPTIONS = {

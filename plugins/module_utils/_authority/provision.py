@@ -5,6 +5,7 @@
 - ``vm_identity``: the VM whose keyslot, approval and manifests are bound: the one Proxmox on the node
   reports (and any uuid or creation time given must agree with it), or with ``pve`` off the one given.
 - ``record_here``: whether a re-approval on a node (after an epoch bump) records a new version for a VM.
+- ``placed_here``: whether the VM's verified ledger places it, active, on a node (a restore from backup there).
 - ``secret_request``: the secrets asked for, each ``{name, src}`` (a file on the controller) or
   ``{name, content}``; every file is there before anything happens.
 
@@ -14,7 +15,12 @@ Refusals are typed (ProxmoxError, InputError) and say what was found and what to
 from __future__ import annotations
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, ProxmoxError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    DecommissionedError,
+    InputError,
+    PlacementError,
+    ProxmoxError,
+)
 
 SECRETS_SHAPE = (
     "The seal role needs ironclaw_vmid and ironclaw_secrets as a non-empty list of {name, src} or {name, content}."
@@ -106,3 +112,22 @@ def record_here(placement, node_name: str, *, only_if_here: bool) -> bool:
     places it (a NodeView, None without a chain). A re-approval after an epoch bump (``only_if_here``)
     records nothing for a VM placed on another node: it is being moved away, its migration records it there."""
     return not only_if_here or placement is None or placement.name == node_name
+
+
+def placed_here(ledger, vmid, node_name: str) -> None:
+    """Refuse unless the VM's verified ledger (a VmLedger) places it, active, on ``node_name``: what a restore from
+    backup may verify there. The store's own summary is never read for this."""
+    vmid = validate.vmid(vmid)
+    unchanged = " Nothing was changed."
+    newest = ledger.newest
+    if newest is None:
+        raise PlacementError(
+            f"The store has no manifest for VM {vmid} ({ledger.vm_uuid}): provision it first." + unchanged
+        )
+    if newest.destroyed:
+        raise DecommissionedError(f"VM {vmid} ({ledger.vm_uuid}) was decommissioned." + unchanged)
+    if newest.node.name != node_name:
+        raise PlacementError(
+            f"The store records VM {vmid} on {newest.node.name}, not on {node_name}: migrate it here with the migrate "
+            "playbook (or set restore_verify_source)." + unchanged
+        )

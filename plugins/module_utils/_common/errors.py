@@ -90,3 +90,11 @@ class LockError(IronclawError):
 
 class ProxmoxError(IronclawError):
     """A Proxmox command (qm, pvesh) failed, or printed what does not parse; or the VM is not as required."""
+
+
+class RefusedError(IronclawError):
+    """A node of the run refused in its check (probe): nothing was changed on any node."""
+
+
+class IncompleteError(IronclawError):
+    """The run did what it could; the rest waits (an unreachable node, an offline signature): re-run it then."""
