@@ -9,6 +9,7 @@ changed, and the JSON results it prints after ``=>``.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import dataclasses
@@ -17,9 +18,12 @@ import json
 import os
 import re
 import secrets
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -162,7 +166,8 @@ class Node:
 class Lab:
     """A controller directory, nodes, secrets and an inventory in one temporary directory."""
 
-    def __init__(self, root: Path, nodes: list[Node]):
+    def __init__(self, root: Path, nodes: list[Node], secrets_of: Lab | None = None):
+        """`secrets_of`: take that lab's secrets instead of new random ones (a copy of it, see enrolled_lab)."""
         # Where ansible finds ironclaw.sealed: the checkout, or an installed tarball.
         self.collections_path = COLLECTIONS
         self.root = root
@@ -174,9 +179,12 @@ class Lab:
         self.ansible_cfg.write_text("")
         self.secret_dir = root / "secrets"
         self.secret_dir.mkdir(mode=0o700)
-        self.big = os.urandom(BIG_SECRET_SIZE)
-        self.text = f"text-secret-{secrets.token_hex(16)}\n".encode()
-        self.inline = f"inline-secret-{secrets.token_hex(16)}"
+        if secrets_of is None:
+            self.big = os.urandom(BIG_SECRET_SIZE)
+            self.text = f"text-secret-{secrets.token_hex(16)}\n".encode()
+            self.inline = f"inline-secret-{secrets.token_hex(16)}"
+        else:
+            self.big, self.text, self.inline = secrets_of.big, secrets_of.text, secrets_of.inline
         self.big_path = self.secret_dir / "master-key.bin"
         self.text_path = self.secret_dir / "db-pass.txt"
         self.big_path.write_bytes(self.big)
@@ -333,20 +341,74 @@ class Lab:
         )
 
 
+# Enrolled labs already built in this process, by their nodes and VMs: see enrolled_lab.
+_templates: dict[tuple, _Template] = {}
+TEMPLATE_MAX_AGE = 30 * 60  # seconds; manifests and records keep their issue time, so do not age a copy for long
+
+
+@dataclasses.dataclass
+class _Template:
+    lab: Lab  # stopped: its TPMs' states are under root/tpm/<node>
+    root: Path
+    built: float
+
+
 @contextlib.contextmanager
 def enrolled_lab(
     root: Path, nodes: list[tuple[str, str, str]], provision: tuple[tuple[str, int], ...] = (), counted: bool = False
 ):
     """A lab of (name, backend, python) nodes, a swtpm of its own for each tpm2 node, initialised and enrolled, with
     (node, vmid) VMs provisioned; every swtpm is stopped on the way out. With `counted`, each swtpm sits behind a
-    TPM command counter (lab.counters[name])."""
+    TPM command counter (lab.counters[name]).
 
+    The init, enroll and provision runs are paid once per process for each set of nodes and VMs: the first lab is
+    built by the playbooks, copied aside with its TPMs' states (a template), and later labs are copies of it on
+    swtpms started from those states (new ports: no state file names a port or a path, only the inventory and the
+    secrets file, which each lab writes anew). A copy is what the playbooks would make, to the byte, except that
+    every copy has the same keys and secrets as its template. Counted labs are always built, so their counters
+    see every command.
+    """
+    if counted:
+        with _built_lab(root, nodes, provision, counted=True) as lab:
+            yield lab
+        return
+    key = (tuple(nodes), tuple(provision))
+    template = _templates.get(key)
+    if template is None or time.monotonic() - template.built > TEMPLATE_MAX_AGE:
+        template = _templates[key] = _make_template(nodes, provision)
     with contextlib.ExitStack() as stack:
-        made, counters = [], {}
+        made = []
+        for node in template.lab.nodes.values():
+            tcti = None
+            if node.backend == "tpm2":
+                tcti = stack.enter_context(Swtpm(state_from=template.root / "tpm" / node.name)).tcti
+            made.append(Node(node.name, node.backend, root / node.name, node.python, tcti=tcti))
+        lab = Lab(root, made, secrets_of=template.lab)
+        lab.counters = {}
+        shutil.copytree(template.lab.controller_dir, lab.controller_dir, symlinks=True)
+        for node in template.lab.nodes.values():
+            shutil.copytree(node.state_dir, lab.nodes[node.name].state_dir, symlinks=True)
+        yield lab
+
+
+def _make_template(nodes, provision) -> _Template:
+    root = Path(tempfile.mkdtemp(prefix="ironclaw-lab-template-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    with _built_lab(root / "lab", nodes, provision, keep_tpms=root / "tpm") as lab:
+        pass
+    return _Template(lab, root, time.monotonic())
+
+
+@contextlib.contextmanager
+def _built_lab(root: Path, nodes, provision, counted: bool = False, keep_tpms: Path | None = None):
+    """enrolled_lab through the playbooks; with `keep_tpms`, each swtpm's state is copied there once stopped."""
+    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        made, counters, tpms = [], {}, {}
         for name, backend, python in nodes:
             tcti = None
             if backend == "tpm2":
-                tpm = stack.enter_context(Swtpm())
+                tpm = tpms[name] = stack.enter_context(Swtpm())
                 tcti = tpm.tcti
                 if counted:
                     counters[name] = stack.enter_context(TpmCommandCounter(tpm))
@@ -358,6 +420,10 @@ def enrolled_lab(
         lab.run("enroll")
         for node, vmid in provision:
             lab.provision(node, vmid)
+        if keep_tpms is not None:
+            for name, tpm in tpms.items():
+                tpm.stop()  # its state is complete on disk once it has ended
+                shutil.copytree(tpm.state_dir, keep_tpms / name)
         yield lab
 
 
