@@ -341,9 +341,11 @@ class Lab:
         )
 
 
-# Enrolled labs already built in this process, by their nodes and VMs: see enrolled_lab.
+# Labs already built in this process, by what they are: see lab_from_template.
 _templates: dict[tuple, _Template] = {}
 TEMPLATE_MAX_AGE = 30 * 60  # seconds; manifests and records keep their issue time, so do not age a copy for long
+# What each Lab writes anew (its own paths and ports): everything else under a template's root is copied.
+LAB_OWN_FILES = {"inventory.yml", "ansible.cfg", "secrets", "secrets.json", "ansible-tmp"}
 
 
 @dataclasses.dataclass
@@ -359,23 +361,34 @@ def enrolled_lab(
 ):
     """A lab of (name, backend, python) nodes, a swtpm of its own for each tpm2 node, initialised and enrolled, with
     (node, vmid) VMs provisioned; every swtpm is stopped on the way out. With `counted`, each swtpm sits behind a
-    TPM command counter (lab.counters[name]).
+    TPM command counter (lab.counters[name]), and the lab is built by the playbooks, so the counters see every
+    command; otherwise it is a copy of a template (lab_from_template)."""
 
-    The init, enroll and provision runs are paid once per process for each set of nodes and VMs: the first lab is
-    built by the playbooks, copied aside with its TPMs' states (a template), and later labs are copies of it on
-    swtpms started from those states (new ports: no state file names a port or a path, only the inventory and the
-    secrets file, which each lab writes anew). A copy is what the playbooks would make, to the byte, except that
-    every copy has the same keys and secrets as its template. Counted labs are always built, so their counters
-    see every command.
-    """
+    def build(lab: Lab) -> None:
+        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
+        lab.run("enroll")
+        for node, vmid in provision:
+            lab.provision(node, vmid)
+
     if counted:
-        with _built_lab(root, nodes, provision, counted=True) as lab:
+        with _built_lab(root, nodes, build, counted=True) as lab:
             yield lab
         return
-    key = (tuple(nodes), tuple(provision))
+    with lab_from_template(root, ("enrolled", tuple(nodes), tuple(provision)), nodes, build) as lab:
+        yield lab
+
+
+@contextlib.contextmanager
+def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]], build):
+    """A lab of (name, backend, python) nodes on which `build(lab)` ran, for a fixture whose test does not test that
+    setup itself. The playbook runs are paid once per process for each `key`: the first lab is built, kept aside
+    with its TPMs' states (a template), and later labs are copies of it on swtpms started from those states (new
+    ports). Building a template checks that no file it made names its directory or a port (only the inventory and
+    the secrets file do, and each lab writes those anew), so a copy is what `build` would make, to the byte, except
+    that every copy has the same keys and secrets as its template."""
     template = _templates.get(key)
     if template is None or time.monotonic() - template.built > TEMPLATE_MAX_AGE:
-        template = _templates[key] = _make_template(nodes, provision)
+        template = _templates[key] = _make_template(nodes, build)
     with contextlib.ExitStack() as stack:
         made = []
         for node in template.lab.nodes.values():
@@ -385,23 +398,34 @@ def enrolled_lab(
             made.append(Node(node.name, node.backend, root / node.name, node.python, tcti=tcti))
         lab = Lab(root, made, secrets_of=template.lab)
         lab.counters = {}
-        shutil.copytree(template.lab.controller_dir, lab.controller_dir, symlinks=True)
-        for node in template.lab.nodes.values():
-            shutil.copytree(node.state_dir, lab.nodes[node.name].state_dir, symlinks=True)
+        for entry in template.lab.root.iterdir():
+            if entry.name in LAB_OWN_FILES:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, root / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, root / entry.name, follow_symlinks=False)
         yield lab
 
 
-def _make_template(nodes, provision) -> _Template:
+def _make_template(nodes, build) -> _Template:
     root = Path(tempfile.mkdtemp(prefix="ironclaw-lab-template-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    with _built_lab(root / "lab", nodes, provision, keep_tpms=root / "tpm") as lab:
-        pass
+    with _built_lab(root / "lab", nodes, build, keep_tpms=root / "tpm") as lab:
+        ports = [node.tcti.rsplit("=", 1)[1] for node in lab.nodes.values() if node.tcti]
+        needles = [str(lab.root).encode(), *(f"port={port}".encode() for port in ports)]
+        for path in sorted(lab.root.rglob("*")):
+            if path.relative_to(lab.root).parts[0] in LAB_OWN_FILES or not path.is_file():
+                continue
+            data = path.read_bytes()
+            named = [needle.decode() for needle in needles if needle in data]
+            assert not named, f"{path} names {named}: a copy of this lab would point back at its template"
     return _Template(lab, root, time.monotonic())
 
 
 @contextlib.contextmanager
-def _built_lab(root: Path, nodes, provision, counted: bool = False, keep_tpms: Path | None = None):
-    """enrolled_lab through the playbooks; with `keep_tpms`, each swtpm's state is copied there once stopped."""
+def _built_lab(root: Path, nodes, build, counted: bool = False, keep_tpms: Path | None = None):
+    """A lab built by `build(lab)`; with `keep_tpms`, each swtpm's state is copied there once it has stopped."""
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         made, counters, tpms = [], {}, {}
@@ -416,10 +440,7 @@ def _built_lab(root: Path, nodes, provision, counted: bool = False, keep_tpms: P
             made.append(Node(name, backend, root / name, python, tcti=tcti))
         lab = Lab(root, made)
         lab.counters = counters
-        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
-        lab.run("enroll")
-        for node, vmid in provision:
-            lab.provision(node, vmid)
+        build(lab)
         if keep_tpms is not None:
             for name, tpm in tpms.items():
                 tpm.stop()  # its state is complete on disk once it has ended
