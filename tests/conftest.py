@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,12 +53,143 @@ SWTPM = shutil.which("swtpm")
 
 
 def pytest_collection_modifyitems(config, items):
-    if SWTPM:
-        return
-    skip = pytest.mark.skip(reason="swtpm binary not found: install the Debian package swtpm (make bootstrap)")
+    if not SWTPM:
+        skip = pytest.mark.skip(reason="swtpm binary not found: install the Debian package swtpm (make bootstrap)")
+        for item in items:
+            if item.get_closest_marker("swtpm"):
+                item.add_marker(skip)
+    if _distributed(config):
+        _group_for_workers(config, items)
+
+
+# -- pytest-xdist (make integration runs -n 2 --dist loadgroup) ----------------------------------------
+#
+# Playbook runs are CPU-bound and one ansible-playbook keeps about one core busy, so on two cores two
+# workers halve the wall time. What workers must not split or share:
+# - tests/lab: instance names and subnets are fixed (tests/lab/labrig.py, the modules' INSTANCE), and
+#   lab_session is a session fixture (one per worker would bring the same instance up twice): one unit;
+# - a module- or class-scoped fixture (a lab enrolled once for a module): its tests stay on one worker,
+#   or each worker would pay for that setup again;
+# everything else (a function-scoped lab in tmp_path, swtpms on random ports) is one unit per test.
+# xdist's own xdist_group marks do not hold on pytest 9 (xdist 3.8 renames node ids through an attribute
+# pytest 9 no longer reads, so every test became a unit of its own and two workers brought up one lab
+# instance at once), so with --dist loadgroup the scheduler below takes its units from this file instead:
+# each worker writes the units of what it collected to a file the controller names, the scheduler reads it.
+# Units are handed out in collection order, so the longest go first (longest-processing-time first, from
+# the durations of the last run in pytest's cache; without a cache, the lab first, then other groups by
+# size, then single tests).
+
+LAB_GROUP = "lab"
+DURATIONS_KEY = "ironclaw/unit-durations"
+UNITS_INPUT = "ironclaw_units_file"
+_UNITS_FILE = pytest.StashKey[Path]()  # on the controller: where workers write their units
+
+
+def _distributed(config) -> bool:
+    """A run on xdist workers: the controller (its --dist) or a worker (xdist sets a worker's --dist to "no")."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return False
+    return hasattr(config, "workerinput") or config.getoption("dist", "no") != "no"
+
+
+def work_unit(item) -> str:
+    """The unit of work an item belongs to: what one worker runs as a whole."""
+    path = Path(str(item.path)).resolve()
+    if (TESTS / "lab") in path.parents:
+        return LAB_GROUP
+    fixtureinfo = getattr(item, "_fixtureinfo", None)
+    for name in item.fixturenames:
+        defs = fixtureinfo.name2fixturedefs.get(name) if fixtureinfo else None
+        if defs and defs[-1].scope in ("module", "class", "package"):
+            return item.nodeid.split("::", 1)[0]
+    return item.nodeid
+
+
+def _group_for_workers(config, items) -> None:
+    units = {item.nodeid: work_unit(item) for item in items}
     for item in items:
-        if item.get_closest_marker("swtpm"):
-            item.add_marker(skip)
+        item.user_properties.append(("xdist_unit", units[item.nodeid]))
+    cache = getattr(config, "cache", None)
+    last = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
+    sizes: dict[str, int] = {}
+    for unit in units.values():
+        sizes[unit] = sizes.get(unit, 0) + 1
+
+    def rank(item):
+        unit = units[item.nodeid]
+        # Longest first: measured seconds, else the lab, then other groups by size, then single tests.
+        return (-last.get(unit, 0.0), unit != LAB_GROUP, -sizes[unit])
+
+    items.sort(key=rank)  # stable: collection order within a rank, so a unit's tests stay in their order
+    target = getattr(config, "workerinput", {}).get(UNITS_INPUT)
+    if target:
+        tmp = Path(f"{target}.{os.getpid()}")
+        tmp.write_text(json.dumps(units))
+        os.replace(tmp, target)
+
+
+def pytest_configure(config):
+    if _distributed(config) and not hasattr(config, "workerinput") and config.getoption("dist") == "loadgroup":
+        handle, name = tempfile.mkstemp(prefix="ironclaw-xdist-units-", suffix=".json")
+        os.close(handle)
+        config.stash[_UNITS_FILE] = Path(name)
+
+
+def pytest_unconfigure(config):
+    path = config.stash.get(_UNITS_FILE, None)
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    # xdist, on the controller: what each worker gets as config.workerinput.
+    path = node.config.stash.get(_UNITS_FILE, None)
+    if path is not None:
+        node.workerinput[UNITS_INPUT] = str(path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    path = config.stash.get(_UNITS_FILE, None)
+    if path is None:
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling, a scope being a unit of work_unit(), in collection order."""
+
+        _units: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            # Called once every worker has collected, so each has written the file by then.
+            if self._units is None:
+                self._units = json.loads(path.read_text() or "{}")
+            return self._units.get(nodeid, nodeid)
+
+    config.option.loadscopereorder = False  # keep the longest-first order of the collection
+    return UnitScheduling(config, log)
+
+
+_unit_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    # On the controller, reports come in from every worker, with the unit a worker put in user_properties;
+    # setup and teardown count too (a module's enrolled lab is paid in its first test's setup).
+    unit = dict(report.user_properties).get("xdist_unit")
+    if unit is not None:
+        _unit_seconds[unit] = _unit_seconds.get(unit, 0.0) + report.duration
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    config = session.config
+    cache = getattr(config, "cache", None)
+    if hasattr(config, "workerinput") or not _distributed(config) or cache is None or not _unit_seconds:
+        return
+    last = cache.get(DURATIONS_KEY, {})
+    cache.set(DURATIONS_KEY, {**last, **{unit: round(s, 1) for unit, s in _unit_seconds.items()}})
 
 
 def _require_swtpm() -> None:

@@ -9,6 +9,7 @@ changed, and the JSON results it prints after ``=>``.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import dataclasses
@@ -17,9 +18,12 @@ import json
 import os
 import re
 import secrets
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -162,7 +166,8 @@ class Node:
 class Lab:
     """A controller directory, nodes, secrets and an inventory in one temporary directory."""
 
-    def __init__(self, root: Path, nodes: list[Node]):
+    def __init__(self, root: Path, nodes: list[Node], secrets_of: Lab | None = None):
+        """`secrets_of`: take that lab's secrets instead of new random ones (a copy of it, see enrolled_lab)."""
         # Where ansible finds ironclaw.sealed: the checkout, or an installed tarball.
         self.collections_path = COLLECTIONS
         self.root = root
@@ -174,9 +179,12 @@ class Lab:
         self.ansible_cfg.write_text("")
         self.secret_dir = root / "secrets"
         self.secret_dir.mkdir(mode=0o700)
-        self.big = os.urandom(BIG_SECRET_SIZE)
-        self.text = f"text-secret-{secrets.token_hex(16)}\n".encode()
-        self.inline = f"inline-secret-{secrets.token_hex(16)}"
+        if secrets_of is None:
+            self.big = os.urandom(BIG_SECRET_SIZE)
+            self.text = f"text-secret-{secrets.token_hex(16)}\n".encode()
+            self.inline = f"inline-secret-{secrets.token_hex(16)}"
+        else:
+            self.big, self.text, self.inline = secrets_of.big, secrets_of.text, secrets_of.inline
         self.big_path = self.secret_dir / "master-key.bin"
         self.text_path = self.secret_dir / "db-pass.txt"
         self.big_path.write_bytes(self.big)
@@ -333,20 +341,98 @@ class Lab:
         )
 
 
+# Labs already built in this process, by what they are: see lab_from_template.
+_templates: dict[tuple, _Template] = {}
+TEMPLATE_MAX_AGE = 30 * 60  # seconds; manifests and records keep their issue time, so do not age a copy for long
+# What each Lab writes anew (its own paths and ports): everything else under a template's root is copied.
+LAB_OWN_FILES = {"inventory.yml", "ansible.cfg", "secrets", "secrets.json", "ansible-tmp"}
+
+
+@dataclasses.dataclass
+class _Template:
+    lab: Lab  # stopped: its TPMs' states are under root/tpm/<node>
+    root: Path
+    built: float
+
+
 @contextlib.contextmanager
 def enrolled_lab(
     root: Path, nodes: list[tuple[str, str, str]], provision: tuple[tuple[str, int], ...] = (), counted: bool = False
 ):
     """A lab of (name, backend, python) nodes, a swtpm of its own for each tpm2 node, initialised and enrolled, with
     (node, vmid) VMs provisioned; every swtpm is stopped on the way out. With `counted`, each swtpm sits behind a
-    TPM command counter (lab.counters[name])."""
+    TPM command counter (lab.counters[name]), and the lab is built by the playbooks, so the counters see every
+    command; otherwise it is a copy of a template (lab_from_template)."""
 
+    def build(lab: Lab) -> None:
+        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
+        lab.run("enroll")
+        for node, vmid in provision:
+            lab.provision(node, vmid)
+
+    if counted:
+        with _built_lab(root, nodes, build, counted=True) as lab:
+            yield lab
+        return
+    with lab_from_template(root, ("enrolled", tuple(nodes), tuple(provision)), nodes, build) as lab:
+        yield lab
+
+
+@contextlib.contextmanager
+def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]], build):
+    """A lab of (name, backend, python) nodes on which `build(lab)` ran, for a fixture whose test does not test that
+    setup itself. The playbook runs are paid once per process for each `key`: the first lab is built, kept aside
+    with its TPMs' states (a template), and later labs are copies of it on swtpms started from those states (new
+    ports). Building a template checks that no file it made names its directory or a port (only the inventory and
+    the secrets file do, and each lab writes those anew), so a copy is what `build` would make, to the byte, except
+    that every copy has the same keys and secrets as its template."""
+    template = _templates.get(key)
+    if template is None or time.monotonic() - template.built > TEMPLATE_MAX_AGE:
+        template = _templates[key] = _make_template(nodes, build)
     with contextlib.ExitStack() as stack:
-        made, counters = [], {}
+        made = []
+        for node in template.lab.nodes.values():
+            tcti = None
+            if node.backend == "tpm2":
+                tcti = stack.enter_context(Swtpm(state_from=template.root / "tpm" / node.name)).tcti
+            made.append(Node(node.name, node.backend, root / node.name, node.python, tcti=tcti))
+        lab = Lab(root, made, secrets_of=template.lab)
+        lab.counters = {}
+        for entry in template.lab.root.iterdir():
+            if entry.name in LAB_OWN_FILES:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, root / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, root / entry.name, follow_symlinks=False)
+        yield lab
+
+
+def _make_template(nodes, build) -> _Template:
+    root = Path(tempfile.mkdtemp(prefix="ironclaw-lab-template-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    with _built_lab(root / "lab", nodes, build, keep_tpms=root / "tpm") as lab:
+        ports = [node.tcti.rsplit("=", 1)[1] for node in lab.nodes.values() if node.tcti]
+        needles = [str(lab.root).encode(), *(f"port={port}".encode() for port in ports)]
+        for path in sorted(lab.root.rglob("*")):
+            if path.relative_to(lab.root).parts[0] in LAB_OWN_FILES or not path.is_file():
+                continue
+            data = path.read_bytes()
+            named = [needle.decode() for needle in needles if needle in data]
+            assert not named, f"{path} names {named}: a copy of this lab would point back at its template"
+    return _Template(lab, root, time.monotonic())
+
+
+@contextlib.contextmanager
+def _built_lab(root: Path, nodes, build, counted: bool = False, keep_tpms: Path | None = None):
+    """A lab built by `build(lab)`; with `keep_tpms`, each swtpm's state is copied there once it has stopped."""
+    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        made, counters, tpms = [], {}, {}
         for name, backend, python in nodes:
             tcti = None
             if backend == "tpm2":
-                tpm = stack.enter_context(Swtpm())
+                tpm = tpms[name] = stack.enter_context(Swtpm())
                 tcti = tpm.tcti
                 if counted:
                     counters[name] = stack.enter_context(TpmCommandCounter(tpm))
@@ -354,10 +440,11 @@ def enrolled_lab(
             made.append(Node(name, backend, root / name, python, tcti=tcti))
         lab = Lab(root, made)
         lab.counters = counters
-        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
-        lab.run("enroll")
-        for node, vmid in provision:
-            lab.provision(node, vmid)
+        build(lab)
+        if keep_tpms is not None:
+            for name, tpm in tpms.items():
+                tpm.stop()  # its state is complete on disk once it has ended
+                shutil.copytree(tpm.state_dir, keep_tpms / name)
         yield lab
 
 

@@ -10,12 +10,11 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
-from playbook_rig import DEBIAN_PYTHON, Lab, Node, changed_tasks, enrolled_lab, task_count, vm_uuid_of
+from playbook_rig import DEBIAN_PYTHON, Lab, changed_tasks, enrolled_lab, lab_from_template, task_count, vm_uuid_of
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt import verify_receipt
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import load_chain
-from rig.swtpm import Swtpm
 
 pytestmark = pytest.mark.swtpm
 
@@ -33,18 +32,12 @@ def lab(tmp_path, playbook_tools):
 def moved_lab(tmp_path, playbook_tools):
     """Two swtpm nodes; VM GONE provisioned on nodeA, migrated to nodeB, and a backup of nodeA's revoked copy
     put back there: the VM's history names both nodes and both hold files of it."""
-    with Swtpm() as tpm_a, Swtpm() as tpm_b:
-        lab = Lab(
-            tmp_path,
-            [
-                Node("nodeA", "tpm2", tmp_path / "nodeA", DEBIAN_PYTHON, tcti=tpm_a.tcti),
-                Node("nodeB", "tpm2", tmp_path / "nodeB", sys.executable, tcti=tpm_b.tcti),
-            ],
-        )
+
+    def build(lab: Lab) -> None:
         lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
         lab.run("enroll")
         lab.provision("nodeA", GONE)
-        saved = tmp_path / "backup-nodeA"
+        saved = lab.root / "backup-nodeA"
         shutil.copytree(lab.vm_dir("nodeA", GONE), saved)
         uuid = vm_uuid_of("nodeA", GONE)
         lab.run(
@@ -53,6 +46,9 @@ def moved_lab(tmp_path, playbook_tools):
             *("-e", "ironclaw_source=nodeA", "-e", "ironclaw_target=nodeB"),
         )
         shutil.copytree(saved, lab.vm_dir("nodeA", GONE))
+
+    nodes = [("nodeA", "tpm2", DEBIAN_PYTHON), ("nodeB", "tpm2", sys.executable)]
+    with lab_from_template(tmp_path, ("moved", GONE), nodes, build) as lab:
         yield lab
 
 

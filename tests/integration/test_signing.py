@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playbook_rig import Lab, Node, tree, vm_uuid_of
+from playbook_rig import Lab, Node, lab_from_template, tree, vm_uuid_of
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt import verify_receipt
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
@@ -60,24 +60,26 @@ class Offline:
 
 
 @pytest.fixture
-def offline(tmp_path, playbook_tools) -> Offline:
-    lab = Lab(tmp_path, [Node(NODE, "software", tmp_path / NODE, sys.executable)])
-    rig = Offline(lab)
-    lab.run("init", "-e", f"ironclaw_controller_dir={rig.signer}")
-    (lab.controller_dir / "trust").mkdir(parents=True)
-    for root in (rig.signer / "trust").glob("root-*.json"):
-        shutil.copy(root, lab.controller_dir / "trust" / root.name)
-    shutil.copytree(rig.signer / "head-keys", lab.controller_dir / "head-keys")
-    lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}", *rig.vars)
-    # The node record goes through the exchange like everything the trust root signs.
-    lab.run("enroll", *rig.vars, expect_fail=True)
-    (node_request,) = rig.pending()
-    assert node_request.kind == "node-record" and node_request.document.node == NODE
-    rig.sign(node_request.digest[:16])
-    lab.run("enroll", *rig.vars)
-    for done in rig.sign_dir.iterdir():  # consumed: the tests start from an empty exchange
-        done.unlink()
-    return rig
+def offline(tmp_path, playbook_tools):
+    def build(lab: Lab) -> None:
+        rig = Offline(lab)
+        lab.run("init", "-e", f"ironclaw_controller_dir={rig.signer}")
+        (lab.controller_dir / "trust").mkdir(parents=True)
+        for root in (rig.signer / "trust").glob("root-*.json"):
+            shutil.copy(root, lab.controller_dir / "trust" / root.name)
+        shutil.copytree(rig.signer / "head-keys", lab.controller_dir / "head-keys")
+        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}", *rig.vars)
+        # The node record goes through the exchange like everything the trust root signs.
+        lab.run("enroll", *rig.vars, expect_fail=True)
+        (node_request,) = rig.pending()
+        assert node_request.kind == "node-record" and node_request.document.node == NODE
+        rig.sign(node_request.digest[:16])
+        lab.run("enroll", *rig.vars)
+        for done in rig.sign_dir.iterdir():  # consumed: the tests start from an empty exchange
+            done.unlink()
+
+    with lab_from_template(tmp_path, ("offline",), [(NODE, "software", sys.executable)], build) as lab:
+        yield Offline(lab)
 
 
 def signed_files(sign_dir: Path) -> list[str]:

@@ -105,12 +105,16 @@ class Swtpm:
     NV indices and persistent objects survive.
     """
 
-    def __init__(self, host: str = HOST, binary: str = "swtpm") -> None:
+    def __init__(self, host: str = HOST, binary: str = "swtpm", state_from: Path | None = None) -> None:
+        """`state_from`: start from a copy of that state directory (a stopped swtpm's), as a TPM that was moved."""
         self.host = host
         self.binary = shutil.which(binary) or binary
         self.root = Path(tempfile.mkdtemp(prefix="ironclaw-swtpm-"))
         self.state_dir = self.root / "state"
-        self.state_dir.mkdir()
+        if state_from is None:
+            self.state_dir.mkdir()
+        else:
+            shutil.copytree(state_from, self.state_dir)
         self.log_path = self.root / "swtpm.log"
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None

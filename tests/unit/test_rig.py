@@ -75,31 +75,46 @@ def read_nv(ctx: ESAPI, size: int) -> bytes:
     return bytes(ctx.nv_read(ctx.tr_from_tpmpublic(NV_INDEX), size))
 
 
+PRIMARY = TPMT_PUBLIC(
+    type=TPM2_ALG.ECC,
+    nameAlg=TPM2_ALG.SHA256,
+    objectAttributes=TPMA_OBJECT.USERWITHAUTH
+    | TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.DECRYPT
+    | TPMA_OBJECT.NODA
+    | TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN,
+    parameters=TPMU_PUBLIC_PARMS(
+        eccDetail=TPMS_ECC_PARMS(
+            symmetric=TPMT_SYM_DEF_OBJECT(
+                algorithm=TPM2_ALG.AES, keyBits=TPMU_SYM_KEY_BITS(aes=128), mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB)
+            ),
+            scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
+            curveID=TPM2_ECC.NIST_P256,
+            kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL),
+        )
+    ),
+)
+
+
 def persist_primary(ctx: ESAPI) -> None:
-    template = TPMT_PUBLIC(
-        type=TPM2_ALG.ECC,
-        nameAlg=TPM2_ALG.SHA256,
-        objectAttributes=TPMA_OBJECT.USERWITHAUTH
-        | TPMA_OBJECT.RESTRICTED
-        | TPMA_OBJECT.DECRYPT
-        | TPMA_OBJECT.NODA
-        | TPMA_OBJECT.FIXEDTPM
-        | TPMA_OBJECT.FIXEDPARENT
-        | TPMA_OBJECT.SENSITIVEDATAORIGIN,
-        parameters=TPMU_PUBLIC_PARMS(
-            eccDetail=TPMS_ECC_PARMS(
-                symmetric=TPMT_SYM_DEF_OBJECT(
-                    algorithm=TPM2_ALG.AES, keyBits=TPMU_SYM_KEY_BITS(aes=128), mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB)
-                ),
-                scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
-                curveID=TPM2_ECC.NIST_P256,
-                kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL),
-            )
-        ),
-    )
-    handle = ctx.create_primary(TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC(publicArea=template), ESYS_TR.OWNER)[0]
+    handle = ctx.create_primary(TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC(publicArea=PRIMARY), ESYS_TR.OWNER)[0]
     ctx.evict_control(ESYS_TR.OWNER, handle, PERSISTENT)
     ctx.flush_context(handle)
+
+
+def public_of(ctx: ESAPI, handle) -> bytes:
+    return bytes(ctx.read_public(handle)[0].marshal())
+
+
+def primary_public(ctx: ESAPI) -> bytes:
+    """The public part of the primary key persist_primary persists, made again and flushed."""
+    handle = ctx.create_primary(TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC(publicArea=PRIMARY), ESYS_TR.OWNER)[0]
+    try:
+        return public_of(ctx, handle)
+    finally:
+        ctx.flush_context(handle)
 
 
 def persistent_handles(ctx: ESAPI) -> set[int]:
@@ -167,6 +182,30 @@ def test_restart_is_a_reboot(swtpm):
         assert read_nv(ctx, 15) == b"survives reboot"
         assert PERSISTENT in persistent_handles(ctx)
         assert pcr7(ctx) == zero
+
+
+@pytest.mark.swtpm
+def test_copy_of_a_stopped_tpms_state_is_the_same_tpm_and_leaves_the_original_alone(swtpm):
+    # The integration tests' lab templates (playbook_rig.enrolled_lab) rest on this: a swtpm started from a
+    # copy of another's state has its NV, persistent keys and seeds, on ports of its own.
+    with Esapi(swtpm.tcti) as ctx:
+        define_nv(ctx, b"copied with state")
+        persist_primary(ctx)
+        persisted = public_of(ctx, ctx.tr_from_tpmpublic(PERSISTENT))
+        assert primary_public(ctx) == persisted  # a primary key is derived from the owner seed
+    swtpm.stop()
+    with Swtpm(state_from=swtpm.state_dir) as copy:
+        assert copy.port not in (swtpm.port, swtpm.port + 1) and copy.state_dir != swtpm.state_dir
+        with Esapi(copy.tcti) as ctx:
+            assert read_nv(ctx, 17) == b"copied with state"
+            assert public_of(ctx, ctx.tr_from_tpmpublic(PERSISTENT)) == persisted
+            assert primary_public(ctx) == persisted, "the copy has the same seeds"
+            ctx.nv_undefine_space(ctx.tr_from_tpmpublic(NV_INDEX))
+            with pytest.raises(TSS2_Exception):
+                ctx.tr_from_tpmpublic(NV_INDEX)
+    swtpm.start()
+    with Esapi(swtpm.tcti) as ctx:
+        assert read_nv(ctx, 17) == b"copied with state", "a copy's changes must not reach the original"
 
 
 @pytest.mark.swtpm
