@@ -245,15 +245,13 @@ document:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import SPEC, destroy_node
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import argument_spec, destroy_node
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli
 
 
 def main():
-    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
         cli = proxmox_cli(module) if module.params["pve"] and module.params["state"] == "absent" else None
         result = destroy_node(module.params, module.check_mode, cli)

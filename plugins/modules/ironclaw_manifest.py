@@ -394,18 +394,12 @@ blobs:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import (
-    REQUIRED_IF,
-    SPEC,
-    run_state,
-)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import argument_spec, run_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 
 
 def main():
-    module = AnsibleModule(argument_spec=SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
         result = run_state(module)
     module.exit_json(**result)

@@ -290,14 +290,12 @@ manifest:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import run_step, spec
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import argument_spec, run_step
 
 
 def main():
-    module = AnsibleModule(argument_spec=spec(), supports_check_mode=True)
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
         result = run_step(module)
     module.exit_json(**result)

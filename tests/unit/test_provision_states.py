@@ -20,8 +20,8 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer imp
 pytest.importorskip("ansible", reason="the module's option set comes from ansible-core (controller venv)")
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import (  # noqa: E402
+    argument_spec,
     sealed,
-    spec,
 )
 
 VMID = 100
@@ -50,7 +50,7 @@ class Controller:
 
     def params(self, values: dict[str, str], **over) -> dict:
         public, _name = self.keys.public(VMID, UUID)
-        p = {name: option.get("default") for name, option in spec().items()}
+        p = argument_spec().defaults()
         p.update(
             step="sealed",
             backend="software",
