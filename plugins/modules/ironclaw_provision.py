@@ -112,33 +112,6 @@ options:
         after an epoch bump; the VM is being moved away). RV(record) is then null and C(cached) does nothing.
     type: bool
     default: false
-  controller_dir:
-    description: Keys, trust root and signing state on the controller.
-    type: path
-    default: "~/.local/share/ironclaw"
-  store_dir:
-    description: The store directory on the store host (C(planned), C(recorded)).
-    type: path
-  signing:
-    description: C(online) signs with the controller's keys, C(offline) through signing requests in O(sign_dir).
-    type: str
-    default: online
-    choices: [online, offline]
-  sign_dir:
-    description: Where offline signing requests are exchanged.
-    type: path
-  expires_days:
-    description: Lifetime of a new manifest version, in days.
-    type: int
-    default: 90
-  max_days:
-    description: The longest lifetime signed.
-    type: int
-    default: 90
-  resign_days:
-    description: Re-sign an unchanged state when the newest version expires within this many days.
-    type: int
-    default: 30
   warn_days:
     description: With C(cached), warn when the manifest expires within this many days.
     type: int
@@ -158,7 +131,12 @@ options:
 extends_documentation_fragment:
   - ironclaw.sealed.node
   - ironclaw.sealed.node.attributes
+  - ironclaw.sealed.controller
+  - ironclaw.sealed.controller.signing
+  - ironclaw.sealed.controller.lifetime
+  - ironclaw.sealed.store
 notes:
+  - O(store_dir) is used by C(planned) and C(recorded), on the store host.
   - The playbook C(ironclaw.sealed.provision) runs the steps in order under the VM's lock in the store; the
     role C(ironclaw.sealed.seal) runs C(identified), C(planned) and C(sealed).
   - Give C(sealed) C(no_log) and C(ansible_pipelining=true) so secrets reach the node on stdin only.

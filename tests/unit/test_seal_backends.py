@@ -6,44 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from software_node import UUID, VMID, SoftwareNode
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import PolicyError, VerificationError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.approved import Approved
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.sealed import Sealed
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.verified import Verified
 
-VMID = 100
-UUID = "6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a6b"
 SECRET = "correct horse battery staple"
 
 
-class Node:
-    """A provisioned software node and the VM's policy key on the controller."""
-
-    def __init__(self, root: Path):
-        self.state_dir = str(root / "state")
-        self.keys = PolicyKeyStore(str(root / "controller"))
-        self.keys.create(VMID, UUID)
-        with open_backend("software", tcti=None, state_dir=self.state_dir) as backend:
-            backend.provision()
-            facts = backend.facts()
-        self.facts = facts
-        self.approval = self.approve(facts.epoch).to_dict()
-
-    def approve(self, epoch: int):
-        return sign_approval(
-            self.keys.load(VMID, UUID),
-            vmid=VMID,
-            vm_uuid=UUID,
-            node_name=self.facts.node_name,
-            epoch_nv_name=self.facts.epoch_nv_name,
-            epoch=epoch,
-        )
-
+class Node(SoftwareNode):
     def params(self, **over) -> dict:
         public, _name = self.keys.public(VMID, UUID)
         p = {
@@ -60,12 +37,6 @@ class Node:
         }
         p.update(over)
         return p
-
-    def files(self) -> dict[str, bytes]:
-        root = Path(self.state_dir)
-        return {
-            str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".locks" not in p.parts
-        }
 
 
 @pytest.fixture
@@ -129,14 +100,7 @@ def test_approval_signed_by_another_policy_key_refused_nothing_installed(node, t
     Sealed(node.params(approval=None), check_mode=False).run()
     other = PolicyKeyStore(str(tmp_path / "other"))
     other.create(VMID, UUID)
-    forged = sign_approval(
-        other.load(VMID, UUID),
-        vmid=VMID,
-        vm_uuid=UUID,
-        node_name=node.facts.node_name,
-        epoch_nv_name=node.facts.epoch_nv_name,
-        epoch=node.facts.epoch,
-    )
+    forged = node.approve(node.facts.epoch, keys=other)
     before = node.files()
     with pytest.raises(PolicyError):
         Approved(node.params(approval=forged.to_dict()), check_mode=False).run()

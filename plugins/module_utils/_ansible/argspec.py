@@ -146,6 +146,12 @@ def store_spec(required: bool = False) -> ArgumentSpec:
     return ArgumentSpec({"store_dir": option})
 
 
+def spanning_spec() -> ArgumentSpec:
+    """A module whose states run on the controller, a node and the store host (ironclaw_manifest, ironclaw_destroy):
+    the node's options, one VM (given to the states that take one), the controller's and the store's."""
+    return node_spec().merge(vm_spec(required=False)).merge(controller_spec()).merge(signing_spec()).merge(store_spec())
+
+
 # The list of secrets is not secret (names, paths); its content fields are no_log.
 SECRET_OPTIONS = {
     "name": {"type": "str", "required": True},

@@ -8,11 +8,7 @@ import contextlib
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import (
     ArgumentSpec,
-    controller_spec,
-    node_spec,
-    signing_spec,
-    store_spec,
-    vm_spec,
+    spanning_spec,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import stop_running
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
@@ -34,11 +30,7 @@ REQUIRED_IF = [
 def argument_spec() -> ArgumentSpec:
     """ironclaw_destroy's options (the module and its action plugin)."""
     return (
-        node_spec()
-        .merge(vm_spec(required=False))
-        .merge(controller_spec())
-        .merge(signing_spec())
-        .merge(store_spec())
+        spanning_spec()
         .merge(ArgumentSpec(required_if=REQUIRED_IF))
         .update_argspec(
             state={"type": "str", "default": "absent", "choices": ["absent", "planned", "revoked", "receipted"]},

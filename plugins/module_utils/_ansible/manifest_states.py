@@ -7,12 +7,8 @@ from __future__ import annotations
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import (
     ArgumentSpec,
-    controller_spec,
     manifest_lifetime_spec,
-    node_spec,
-    signing_spec,
-    store_spec,
-    vm_spec,
+    spanning_spec,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock  # noqa: F401 (re-exported)
@@ -42,12 +38,8 @@ REQUIRED_IF = [
 def argument_spec() -> ArgumentSpec:
     """ironclaw_manifest's options (the module and its action plugin)."""
     return (
-        node_spec()
-        .merge(vm_spec(required=False))
-        .merge(controller_spec())
-        .merge(signing_spec())
+        spanning_spec()
         .merge(manifest_lifetime_spec())
-        .merge(store_spec())
         .merge(ArgumentSpec(required_if=REQUIRED_IF))
         .update_argspec(
             state={

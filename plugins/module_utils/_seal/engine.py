@@ -278,27 +278,10 @@ def apply_seal(backend, plan: SealPlan) -> dict:
     return plan.result()
 
 
-def seal(
-    backend,
-    vm: VmDir,
-    secrets: list[Secret],
-    *,
-    migratable: bool,
-    pcrs: PcrSelection | None,
-    policy_key_public: bytes | None,
-    approval,
-    check_mode: bool,
-) -> dict:
-    """Create the keyslot if absent and make every listed secret's blob hold exactly its content."""
-    plan = plan_seal(
-        backend,
-        vm,
-        secrets,
-        migratable=migratable,
-        pcrs=pcrs,
-        policy_key_public=policy_key_public,
-        approval=approval,
-    )
+def seal(backend, vm: VmDir, secrets: list[Secret], *, check_mode: bool, **options) -> dict:
+    """Create the keyslot if absent and make every listed secret's blob hold exactly its content (`options` are
+    plan_seal's)."""
+    plan = plan_seal(backend, vm, secrets, **options)
     return plan.result() if check_mode else apply_seal(backend, plan)
 
 
