@@ -26,7 +26,9 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import d
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controller import (  # noqa: F401 (migration)
+
+# ironclaw_migration's action still imports _signing_keys and controller_root from here.
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controller import (  # noqa: F401 pylint: disable=unused-import
     _signing_keys,
     checked_listing,
     controller_root,

@@ -11,8 +11,12 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec i
     spanning_spec,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock  # noqa: F401 (re-exported)
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.module_backends.node import (  # noqa: F401
+
+# ironclaw_migration's module and action still import clock from here.
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import (  # noqa: F401 pylint: disable=unused-import
+    clock,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.module_backends.node import (
     built,
     pinned,
     verified,
