@@ -12,70 +12,67 @@ the store host is the controller (plugin_utils/store_host). Every decision is in
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_destroy import receipted, revoked
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import (
-    checked_listing,
-    signed,
-    signed_head_after,
-)
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC as MANIFEST_SPEC
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible import manifest_states
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import ArgumentSpec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     IncompleteError,
     InputError,
-    IronclawError,
     RefusedError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
-from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy import plan
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils import store_host
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controller import (
+    checked_listing,
+    signed,
+    signed_head_after,
+)
 
 STORE_MODULE = "ironclaw.sealed.ironclaw_manifest"
-SPEC = {
-    "step": {"type": "str", "required": True, "choices": ["planned", "checked", "finished"]},
-    "vmid": {"type": "int"},
-    "vm_uuid": {"type": "str"},
-    "store_dir": {"type": "path"},
-    "controller_dir": {"type": "path", "default": "~/.local/share/ironclaw"},
-    "lock_timeout": {"type": "float", "default": 120},
-    "run": {"type": "dict"},
-    "cluster": {"type": "str", "default": "default"},
-    "signing": {"type": "str", "default": "online", "choices": ["online", "offline"]},
-    "sign_dir": {"type": "path"},
-    "expires_days": {"type": "int", "default": 90},
-    "max_days": {"type": "int", "default": 90},
-    "now": {"type": "str"},
-}
-REQUIRED_IF = [
-    ("step", "planned", ("vmid", "store_dir")),
-    ("step", "checked", ("run",)),
-    ("step", "finished", ("run",)),
-]
+
+
+def argument_spec() -> ArgumentSpec:
+    """ironclaw_decommission's options (documented in plugins/modules/ironclaw_decommission.py)."""
+    return ArgumentSpec(
+        {
+            "step": {"type": "str", "required": True, "choices": ["planned", "checked", "finished"]},
+            "vmid": {"type": "int"},
+            "vm_uuid": {"type": "str"},
+            "store_dir": {"type": "path"},
+            "controller_dir": {"type": "path", "default": "~/.local/share/ironclaw"},
+            "lock_timeout": {"type": "float", "default": 120},
+            "run": {"type": "dict"},
+            "cluster": {"type": "str", "default": "default"},
+            "signing": {"type": "str", "default": "online", "choices": ["online", "offline"]},
+            "sign_dir": {"type": "path"},
+            "expires_days": {"type": "int", "default": 90},
+            "max_days": {"type": "int", "default": 90},
+            "now": {"type": "str"},
+        },
+        required_if=[
+            ("step", "planned", ("vmid", "store_dir")),
+            ("step", "checked", ("run",)),
+            ("step", "finished", ("run",)),
+        ],
+    )
+
+
 # What each node's destroy role entry point registers (probe, node): read here from the play.
 PROBE_VAR = "__destroy_probe"
 NODE_RESULT_VAR = "__destroy_node_result"
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(IronclawAction):
+    argument_spec = staticmethod(argument_spec)
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        self._vars = task_vars or {}
-        _valid, args = self.validate_argument_spec(argument_spec=SPEC, required_if=REQUIRED_IF)
-        if crypto_lib.missing():
-            result.update(failed=True, msg=crypto_lib.missing())
-            return result
-        try:
-            result.update(getattr(self, "_" + args["step"])(args, clock(args["now"])))
-        except IronclawError as exc:
-            result.update(failed=True, msg=str(exc), error=getattr(exc, "error", None) or type(exc).__name__)
-        return result
+    def run_action(self, args: dict) -> dict:
+        self.require_crypto()
+        return getattr(self, "_" + args["step"])(args, clock(args["now"]))
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _store(self, args: dict) -> dict:
@@ -174,7 +171,7 @@ class ActionModule(ActionBase):
         if run["tombstone_statement"] is not None and not check:
             tombstone = signed(
                 {
-                    **{name: option.get("default") for name, option in MANIFEST_SPEC.items()},
+                    **manifest_states.argument_spec().defaults(),
                     **common,
                     "state": "signed",
                     "statement": run["tombstone_statement"],

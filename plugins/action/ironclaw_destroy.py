@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ansible.plugins.action import ActionBase
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import SPEC
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import argument_spec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     InputError,
     IronclawError,
@@ -26,13 +23,14 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.receipt i
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, requests
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.payload import parse_manifest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.trust_root import load_chain
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import envelope_digest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils import reapproval
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils.split_action import SplitAction
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction, ModuleFailed
 
 # The node half that installs approvals after an epoch bump (shared with the migration's revocation).
 NODE_HALF = "ironclaw.sealed.ironclaw_migration"
@@ -94,8 +92,6 @@ def _waiting_message(args: dict, vmid: int, waiting) -> str:
 def receipted(args: dict, check_mode: bool) -> dict:
     """Sign (online) or request (offline) a receipt when this run adds to the newest one already issued;
     offline, also hand back the receipts the offline machine signed since, for the store."""
-    if not args["locations"] or not args["policy_key"]:
-        raise InputError("state=receipted needs locations (one per node) and policy_key (from state=revoked)")
     vmid, vm_uuid = one_vm(args)
     offline = args["signing"] == "offline"
     if offline and not args["sign_dir"]:
@@ -166,54 +162,48 @@ def planned(args: dict, _check_mode: bool) -> dict:
 HANDLERS = {"planned": planned, "revoked": revoked, "receipted": receipted}
 
 
-class ActionModule(SplitAction):
-    SPEC = SPEC
-    DEFAULT_STATE = "absent"
+class ActionModule(IronclawAction):
+    argument_spec = staticmethod(argument_spec)
     HANDLERS = HANDLERS
 
-    def run(self, tmp=None, task_vars=None):
+    def run_action(self, args: dict) -> dict:
         """state=absent with reapprove: destroy on the node, then renew the approvals of the VMs that stay there
         (plugin_utils/reapproval.py), all in this one task."""
         reapprove = self._task.args.get("reapprove")
-        if self._task.args.get("state", "absent") != "absent" or reapprove is None:
-            return super().run(tmp, task_vars)
-        result = ActionBase.run(self, tmp, task_vars)
+        if args["state"] != "absent" or reapprove is None:
+            return super().run_action(args)
         module_args = {k: v for k, v in self._task.args.items() if k != "reapprove"}
-        result.update(self._execute_module(module_args=module_args, task_vars=task_vars))
+        result = self._execute_module(module_args=module_args, task_vars=self._vars)
         if result.get("failed") or self._task.check_mode or not result.get("survivors"):
             return result
         node = {k: module_args[k] for k in ("backend", "tcti", "state_dir") if module_args.get(k) is not None}
 
-        def node_call(step, **args):
-            out = self._execute_module(
-                module_name=NODE_HALF, module_args={**node, "step": step, **args}, task_vars=task_vars
-            )
-            if out.get("failed"):
-                raise InputError(out.get("msg", "the node step failed"))
-            return out
+        def node_call(step, **more):
+            try:
+                return self.run_module(NODE_HALF, {**node, "step": step, **more})
+            except ModuleFailed as failed:
+                raise InputError(failed.result.get("msg", "the node step failed")) from None
 
         try:
             facts = node_call("inspected", vms=[], pve=False)["node"]
             done = reapproval.reapprove(
                 node_call,
-                controller_dir=os.path.expanduser(
-                    module_args.get("controller_dir") or SPEC["controller_dir"]["default"]
-                ),
+                controller_dir=os.path.expanduser(args["controller_dir"]),
                 node_name=reapprove["node_name"],
                 facts=facts,
                 survivors=result["survivors"],
                 chains=reapprove.get("chains") or {},
                 backend=facts["backend"],
-                now=clock(module_args.get("now")),
+                now=clock(args["now"]),
             )
         except IronclawError as exc:
-            result.update(
-                failed=True,
-                msg=f"VM {module_args.get('vmid')} was destroyed here and the epoch bumped, but re-approving the VMs "
+            return {
+                **result,
+                "failed": True,
+                "msg": f"VM {args['vmid']} was destroyed here and the epoch bumped, but re-approving the VMs "
                 f"that stay failed: {exc}. Re-run the decommission: it re-approves them",
-                error=type(exc).__name__,
-            )
-            return result
+                "error": type(exc).__name__,
+            }
         result["reapproved"] = {"approved": done["approved"], "refused": done["refused"]}
         result["rewrapped"] = list(done["statements"].values())
         result["changed"] = result["changed"] or done["changed"]

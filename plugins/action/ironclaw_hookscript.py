@@ -6,32 +6,28 @@ from __future__ import annotations
 
 import base64
 
-from ansible.plugins.action import ActionBase
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscript_states import SPEC
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscript_states import argument_spec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import IronclawError
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction, ModuleFailed
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.hookscript import build_hookscript
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(IronclawAction):
+    argument_spec = staticmethod(argument_spec)
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _valid, args = self.validate_argument_spec(argument_spec=SPEC)
+    def run_action(self, args: dict) -> dict:
         module_args = dict(self._task.args)
         if module_args.get("content") is not None:
-            result.update(
-                failed=True, msg="content is set by the action plugin (it builds the hookscript); leave it out"
+            raise ModuleFailed(
+                {"failed": True, "msg": "content is set by the action plugin (it builds the hookscript); leave it out"}
             )
-            return result
         if args["state"] == "present":
             # The node's state_dir as given (not expanded here: the hook runs on the node), absolute.
             settings = {"state_dir": module_args.get("state_dir", args["state_dir"]), "cluster": args["cluster"]}
             try:
                 module_args["content"] = base64.b64encode(build_hookscript(settings)).decode("ascii")
             except (IronclawError, ValueError, OSError) as exc:
-                result.update(failed=True, msg=f"building the hookscript failed: {exc}", error=type(exc).__name__)
-                return result
-        result.update(self._execute_module(module_args=module_args, task_vars=task_vars))
-        return result
+                raise ModuleFailed(
+                    {"failed": True, "msg": f"building the hookscript failed: {exc}", "error": type(exc).__name__}
+                ) from exc
+        return self._execute_module(module_args=module_args, task_vars=self._vars)

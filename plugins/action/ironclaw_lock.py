@@ -10,33 +10,26 @@ import getpass
 import os
 import socket
 
-from ansible.plugins.action import ActionBase
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.lock_states import SPEC
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import IronclawError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.lock_states import argument_spec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.lock import Holder
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils import store_host
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction, ModuleFailed
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(IronclawAction):
+    argument_spec = staticmethod(argument_spec)
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _valid, args = self.validate_argument_spec(argument_spec=SPEC)
+    def run_action(self, args: dict) -> dict:
         if args["holder"] is not None:
-            result.update(failed=True, msg="holder is set by the action plugin (it names this run); leave it out")
-            return result
-        playbook = args["playbook"] or (task_vars or {}).get("ansible_play_name") or "ansible"
+            raise ModuleFailed(
+                {"failed": True, "msg": "holder is set by the action plugin (it names this run); leave it out"}
+            )
+        playbook = args["playbook"] or self._vars.get("ansible_play_name") or "ansible"
         # Tasks run in worker processes forked from ansible-playbook: the parent is the run, alive as long as it is.
         holder = Holder.of_process(os.getppid(), playbook, socket.gethostname(), getpass.getuser())
         module_args = dict(self._task.args, holder=dataclasses.asdict(holder))
-        try:
-            result.update(
-                store_host.call(self, "ironclaw.sealed.ironclaw_lock", module_args, task_vars, self._task.check_mode)
-            )
-        except IronclawError as exc:
-            result.update(failed=True, msg=str(exc), error=getattr(exc, "error", None) or type(exc).__name__)
+        # On the store host; in process when that is the controller itself (plugin_utils/store_host).
+        result = store_host.call(self, "ironclaw.sealed.ironclaw_lock", module_args, self._vars, self._task.check_mode)
         # Where the locks live, so that a later play releases them there (register the result).
-        result["store_host"] = self._task.delegate_to or (task_vars or {}).get("inventory_hostname")
+        result["store_host"] = self._task.delegate_to or self._vars.get("inventory_hostname")
         return result

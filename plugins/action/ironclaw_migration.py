@@ -14,29 +14,27 @@ from __future__ import annotations
 import base64
 import os
 
-from ansible.plugins.action import ActionBase
-
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import (
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible import manifest_states
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import verified_record
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir, write_atomic
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
+from ansible_collections.ironclaw.sealed.plugins.module_utils._migration import plan
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils import faults, reapproval, store_host
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.hookscript import build_hookscript
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controller import (
     _signing_keys,
     checked_listing,
     controller_root,
     signed,
     signed_head_after,
 )
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import SPEC as MANIFEST_SPEC
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
-from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
-from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import verified_record
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir, write_atomic
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
-from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
-from ansible_collections.ironclaw.sealed.plugins.module_utils._migration import plan
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils import faults, reapproval, store_host
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils.hookscript import build_hookscript
 
 MODULE = "ironclaw.sealed.ironclaw_migration"
 STORE_MODULE = "ironclaw.sealed.ironclaw_manifest"
@@ -71,40 +69,28 @@ def _bool(value) -> bool:
     return bool(value)
 
 
-def _defaults(spec: dict) -> dict:
-    return {name: option.get("default") for name, option in spec.items()}
-
-
 def _entry(vm: dict, **more) -> dict:
     return {"vmid": vm["vmid"], "vm_uuid": vm["vm_uuid"], "vm_ctime": vm["identity"]["ctime"], **more}
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(IronclawAction):
+    """Validates its own arguments (a step's needs differ); refusals become failures in IronclawAction.run."""
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        self._vars = task_vars or {}
-        step = self._task.args.get("step")
+    def run_action(self, args: dict) -> dict:
+        step = args.get("step")
         if step not in STEPS:
-            result.update(failed=True, msg=f"step must be one of {', '.join(STEPS)}, not {step!r}")
-            return result
-        if crypto_lib.missing():
-            result.update(failed=True, msg=crypto_lib.missing())
-            return result
-        run = self._task.args.get("run")
+            raise InputError(f"step must be one of {', '.join(STEPS)}, not {step!r}")
+        self.require_crypto()
+        run = args.get("run")
         if step != "requested" and not isinstance(run, dict):
-            result.update(failed=True, msg=f"step={step} needs run: the run result of the previous step")
-            return result
-        try:
-            now = clock(self._task.args.get("now"))
-            result.update(getattr(self, "_" + step)(run, now))
-        except IronclawError as exc:
-            msg = str(exc)
-            if (run or {}).get("changed_nothing", True):
-                msg = f"{msg} {plan.NOTHING_CHANGED}"
-            result.update(failed=True, msg=msg, error=getattr(exc, "error", None) or type(exc).__name__)
-        return result
+            raise InputError(f"step={step} needs run: the run result of the previous step")
+        return getattr(self, "_" + step)(run, clock(args.get("now")))
+
+    def failure_message(self, exc: IronclawError, args: dict) -> str:
+        # A refusal before anything changed says so (the run carries whether something did).
+        if (args.get("run") or {}).get("changed_nothing", True):
+            return f"{exc} {plan.NOTHING_CHANGED}"
+        return str(exc)
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _var(self, name: str, default=None):
@@ -420,7 +406,7 @@ class ActionModule(ActionBase):
             for vm, statement in items:
                 signed_out = signed(
                     {
-                        **_defaults(MANIFEST_SPEC),
+                        **manifest_states.argument_spec().defaults(),
                         "state": "signed",
                         "statement": statement,
                         "chain": vm["chain"],

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import (
+    ArgumentSpec,
+    controller_spec,
+    vm_spec,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import rules
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.journal import MoveJournal
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import (
@@ -21,12 +23,11 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_re
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     InputError,
-    IronclawError,
     PlacementError,
     PolicyError,
 )
-from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import (
     PolicyKeyStore,
@@ -34,35 +35,40 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer imp
     sign_grant,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction
 
-DEFAULT_CONTROLLER_DIR = "~/.local/share/ironclaw"
-
-ARGUMENT_SPEC = {
-    "state": {"type": "str", "default": "present", "choices": ["present", "approved", "granted", "placed"]},
-    "vmid": {"type": "int"},
-    "vm_uuid": {"type": "str"},
-    "controller_dir": {"type": "path", "default": DEFAULT_CONTROLLER_DIR},
-    "node": {"type": "dict"},
-    "node_name": {"type": "str"},
-    "chain": {"type": "list", "elements": "dict"},
-    "chains": {"type": "dict"},
-    "vms": {"type": "list", "elements": "dict"},
-    "provision": {"type": "bool", "default": False},
-    "node_record": {"type": "raw"},
-    "target": {"type": "raw"},
-    "target_name": {"type": "str"},
-    "not_after": {"type": "str"},
-    "epoch": {"type": "int"},
-    "pcrs": {"type": "dict"},
-    "policy": {"type": "raw"},
-    "now": {"type": "str"},
-}
 REQUIRED_IF = [
     ("state", "present", ("vmid", "vm_uuid")),
     ("state", "approved", ("vmid", "vm_uuid", "node", "node_name", "chain")),
     ("state", "granted", ("vmid", "vm_uuid", "node", "node_name", "chain", "target", "target_name", "not_after")),
     ("state", "placed", ("node", "node_name", "vms", "chains")),
 ]
+
+
+def argument_spec() -> ArgumentSpec:
+    """ironclaw_policy's options (it runs entirely here: the module file holds its documentation)."""
+    return (
+        vm_spec(required=False)
+        .merge(controller_spec())
+        .merge(ArgumentSpec(required_if=REQUIRED_IF))
+        .update_argspec(
+            state={"type": "str", "default": "present", "choices": ["present", "approved", "granted", "placed"]},
+            node={"type": "dict"},
+            node_name={"type": "str"},
+            chain={"type": "list", "elements": "dict"},
+            chains={"type": "dict"},
+            vms={"type": "list", "elements": "dict"},
+            provision={"type": "bool", "default": False},
+            node_record={"type": "raw"},
+            target={"type": "raw"},
+            target_name={"type": "str"},
+            not_after={"type": "str"},
+            epoch={"type": "int"},
+            pcrs={"type": "dict"},
+            policy={"type": "raw"},
+            now={"type": "str"},
+        )
+    )
 
 
 def _node_binding(node: dict, epoch_override):
@@ -108,21 +114,13 @@ def _node_view(name: str, node: dict, what: str) -> NodeView:
     return NodeView.of(name, canonical.tpm_name(node["srk_name"], f"{what}.srk_name"))
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(IronclawAction):
+    argument_spec = staticmethod(argument_spec)
     _requires_connection = False
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _valid, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF)
-        if crypto_lib.missing():
-            result.update(failed=True, msg=crypto_lib.missing())
-            return result
-        try:
-            result.update(self._run(args, self._task.check_mode))
-        except IronclawError as exc:
-            result.update(failed=True, msg=str(exc), error=type(exc).__name__)
-        return result
+    def run_action(self, args: dict) -> dict:
+        self.require_crypto()
+        return self._run(args, self._task.check_mode)
 
     @staticmethod
     def _run(args: dict, check_mode: bool) -> dict:
@@ -248,4 +246,4 @@ def _placed(args: dict, now) -> dict:
 def run_state(args: dict, check_mode: bool = False) -> dict:
     """The policy states for other controller actions (provision, migration, re-approval): `args` as for this
     action, the options left out taking their defaults."""
-    return ActionModule._run({**{k: v.get("default") for k, v in ARGUMENT_SPEC.items()}, **args}, check_mode)
+    return ActionModule._run({**argument_spec().defaults(), **args}, check_mode)

@@ -13,30 +13,28 @@ from __future__ import annotations
 
 import os
 
-from ansible.plugins.action import ActionBase
-
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import (
+from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import argument_spec
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import provision as rules
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import read_regular
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
+from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.engine import MAX_PLAINTEXT_LEN
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils import store_host
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.faults import reached
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controller import (
     checked_listing,
     signed,
     signed_head_after,
     trusted,
 )
-from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import spec
-from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import provision as rules
-from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import read_regular
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
-from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto import lib as crypto_lib
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.engine import MAX_PLAINTEXT_LEN
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils import store_host
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils.faults import reached
 
 NODE_MODULE = "ironclaw.sealed.ironclaw_node"
 MANIFEST_MODULE = "ironclaw.sealed.ironclaw_manifest"
@@ -45,34 +43,14 @@ PROVISION_MODULE = "ironclaw.sealed.ironclaw_provision"
 _NOT_FACTS = ("changed", "actions", "diff", "invocation", "vm", "pve_node", "failed", "msg")
 
 
-class ModuleFailed(Exception):
-    """A module on the remote host failed: its result is the step's."""
+class ActionModule(IronclawAction):
+    argument_spec = staticmethod(argument_spec)
 
-    def __init__(self, result: dict):
-        super().__init__(result.get("msg"))
-        self.result = result
-
-
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _valid, args = self.validate_argument_spec(argument_spec=spec())
-        if crypto_lib.missing():
-            result.update(failed=True, msg=crypto_lib.missing())
-            return result
-        self._vars = task_vars or {}
+    def run_action(self, args: dict) -> dict:
+        self.require_crypto()
         if args["node_name"] is None:
             args["node_name"] = self._vars.get("inventory_hostname")
-        # The one place where refusals become failures.
-        try:
-            result.update(getattr(self, "_" + args["step"])(args))
-        except ModuleFailed as failed:
-            result.update(failed.result)
-        except IronclawError as exc:
-            result.update(failed=True, msg=str(exc), error=type(exc).__name__)
-        return result
+        return getattr(self, "_" + args["step"])(args)
 
     # -- the remote host -------------------------------------------------------
     def _module(self, name: str, module_args: dict) -> dict:
@@ -80,9 +58,7 @@ class ActionModule(ActionBase):
         if name == MANIFEST_MODULE:
             # The store host's half: in process when the store host is the controller (plugin_utils/store_host).
             return store_host.call(self, name, module_args, self._vars, self._check)
-        out = self._execute_module(module_name=name, module_args=module_args, task_vars=self._vars)
-        if out.get("failed"):
-            raise ModuleFailed(out)
+        out = self.run_module(name, module_args)
         out.pop("invocation", None)
         return out
 

@@ -47,26 +47,6 @@ options:
         approval, not one per VM). Not with O(pve) or O(delete_vm).
     type: list
     elements: dict
-  state_dir:
-    description: The node's state directory.
-    type: path
-    default: /var/lib/ironclaw
-  tcti:
-    description: TPM access of the node; defaults to E(IRONCLAW_TCTI), then C(device:/dev/tpmrm0).
-    type: str
-  backend:
-    description: The node's backend.
-    type: str
-    default: tpm2
-    choices: [tpm2, software]
-  lock_timeout:
-    description: Seconds to wait for other runs on the node.
-    type: float
-    default: 120
-  controller_dir:
-    description: Keys and trust root on the controller (O(state=revoked), O(state=receipted)).
-    type: path
-    default: ~/.local/share/ironclaw
   cluster:
     description: With O(state=receipted), the cluster name recorded in the receipt.
     type: str
@@ -91,14 +71,6 @@ options:
     description: With O(state=receipted), the VM's receipts already in the store (to issue a new one only when needed).
     type: list
     elements: dict
-  signing:
-    description: With O(state=receipted), C(online) signs with this controller's keys, C(offline) exchanges requests.
-    type: str
-    default: online
-    choices: [online, offline]
-  sign_dir:
-    description: With O(signing=offline), the directory where signing requests and signed envelopes are exchanged.
-    type: path
   now:
     description: The clock as C(YYYY-MM-DDTHH:MM:SSZ) instead of the host's (tests).
     type: str
@@ -126,9 +98,6 @@ options:
       M(ironclaw.sealed.ironclaw_manifest) with C(state=listed) and C(vmid)).
     type: list
     elements: dict
-  store_dir:
-    description: With O(state=planned), the store directory, named in a refusal.
-    type: path
   reapprove:
     description:
       - With O(state=absent), once the VM is destroyed and the epoch bumped, renew (on the controller, in the same
@@ -137,6 +106,11 @@ options:
         and C(chains) (the VMs' chains by uuid, the C(chains) result of M(ironclaw.sealed.ironclaw_manifest) with
         C(state=listed) and C(vm_uuids), read before the run changes anything).
     type: dict
+extends_documentation_fragment:
+  - ironclaw.sealed.node
+  - ironclaw.sealed.controller
+  - ironclaw.sealed.controller.signing
+  - ironclaw.sealed.store
 attributes:
   check_mode:
     description: Lists exactly what would be destroyed and changes nothing.
@@ -150,6 +124,9 @@ attributes:
   action:
     description: O(state=revoked) and O(state=receipted) run as an action plugin on the controller.
     support: full
+notes:
+  - O(controller_dir) is used by O(state=revoked) and O(state=receipted), O(signing) by O(state=receipted),
+    O(store_dir) by O(state=planned) (named in a refusal).
 author:
   - ironclaw.sealed maintainers (@ironclaw)
 """
@@ -245,15 +222,13 @@ document:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import SPEC, destroy_node
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import argument_spec, destroy_node
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli
 
 
 def main():
-    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
         cli = proxmox_cli(module) if module.params["pve"] and module.params["state"] == "absent" else None
         result = destroy_node(module.params, module.check_mode, cli)

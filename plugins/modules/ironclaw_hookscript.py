@@ -171,15 +171,16 @@ attached:
   sample: true
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscript_states import SPEC, hookscript_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscript_states import (
+    argument_spec,
+    hookscript_state,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli
 
 
 def main():
-    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
+    module = argument_spec().create_ansible_module()
     p = module.params
     with failing_on_errors(module):
         asks_proxmox = p["pve"] and (p["vmid"] is not None or p["state"] == "absent")

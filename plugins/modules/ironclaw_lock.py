@@ -184,14 +184,12 @@ not_held:
   sample: []
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.lock_states import SPEC, lock_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.lock_states import argument_spec, lock_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 
 
 def main():
-    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
         result = lock_state(module.params, module.check_mode)
     module.exit_json(**result)

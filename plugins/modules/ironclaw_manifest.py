@@ -56,24 +56,6 @@ options:
   vm_uuid:
     description: The VM's uuid (C(built), C(verified), C(listed)).
     type: str
-  state_dir:
-    description: The node's state directory.
-    type: path
-    default: /var/lib/ironclaw
-  tcti:
-    description:
-      - TPM access for the test-unseal of C(verified).
-      - Defaults to E(IRONCLAW_TCTI), then C(device:/dev/tpmrm0).
-    type: str
-  backend:
-    description: Node backend for the test-unseal of C(verified).
-    type: str
-    default: tpm2
-    choices: [tpm2, software]
-  lock_timeout:
-    description: Seconds to wait for another run on the same VM.
-    type: float
-    default: 120
   cluster:
     description: Cluster name recorded in and checked against manifests.
     type: str
@@ -101,12 +83,6 @@ options:
       - With O(state=stored), a store head the controller signed (the action plugin passes it).
       - With O(state=verified), the store's head (RV(head) of O(state=listed) or O(state=stored)).
     type: dict
-  controller_dir:
-    description:
-      - Keys, trust roots, the newest signed store head and (by default) the store on the controller.
-      - With O(state=stored) and O(state=listed), defaults to the variable C(ironclaw_controller_dir) when set.
-    type: path
-    default: ~/.local/share/ironclaw
   keys:
     description: With O(state=trusted), the number of signing keys of a new (or rotated) trust root.
     type: int
@@ -151,17 +127,6 @@ options:
     description: With O(state=listed), list the chains of these VMs (RV(chains)).
     type: list
     elements: str
-  signing:
-    description:
-      - With O(state=signed), C(online) signs with this controller's keys, C(offline) exchanges requests.
-      - With O(state=trusted) and C(online), also checks that this controller's signing keys are usable
-        (mode 0600, enough for the threshold).
-    type: str
-    default: online
-    choices: [online, offline]
-  sign_dir:
-    description: Directory where offline signing requests and signed envelopes are exchanged.
-    type: path
   allow_pending:
     description:
       - With O(state=signed) and O(signing=offline), return RV(pending) (the request written or still unsigned)
@@ -185,23 +150,6 @@ options:
     description: The request digests the prompt showed (RV(requests) of O(state=requests)).
     type: list
     elements: str
-  expires_days:
-    description: Lifetime of a new manifest.
-    type: int
-    default: 90
-  max_days:
-    description:
-      - The longest lifetime (expires - issued_at) signed, in days (at most 366). A longer one is refused with
-        nothing signed, online and on the offline machine alike.
-    type: int
-    default: 90
-  resign_days:
-    description: Re-issue an unchanged manifest when it expires within this many days.
-    type: int
-    default: 30
-  store_dir:
-    description: The store directory (C(stored), C(listed)).
-    type: path
   envelope:
     description: A manifest envelope (C(stored), C(verified); C(verified) uses the node's cached one if omitted).
     type: dict
@@ -237,6 +185,12 @@ options:
       - The clock as C(YYYY-MM-DDTHH:MM:SSZ), instead of the host's. For tests and for signing at a set date.
       - Verification reads the clock once either way.
     type: str
+extends_documentation_fragment:
+  - ironclaw.sealed.node
+  - ironclaw.sealed.controller
+  - ironclaw.sealed.controller.signing
+  - ironclaw.sealed.controller.lifetime
+  - ironclaw.sealed.store
 attributes:
   check_mode:
     description: Can run in check mode; nothing is created, signed for the store, stored or cached.
@@ -250,6 +204,13 @@ attributes:
   action:
     description: Signing states run as an action plugin on the controller.
     support: full
+notes:
+  - O(state_dir), O(backend) and O(tcti) are used by the node states, the test-unseal of C(verified) among them;
+    O(store_dir) by C(stored) and C(listed).
+  - With O(state=stored), O(state=listed) and O(state=enrolled), O(controller_dir) defaults to the variable
+    C(ironclaw_controller_dir) when it is set.
+  - With O(state=trusted) and O(signing=online), this controller's signing keys are also checked to be usable (mode
+    0600, enough for the threshold).
 author:
   - ironclaw.sealed maintainers (@ironclaw)
 """
@@ -394,18 +355,12 @@ blobs:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import (
-    REQUIRED_IF,
-    SPEC,
-    run_state,
-)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import argument_spec, run_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 
 
 def main():
-    module = AnsibleModule(argument_spec=SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
         result = run_state(module)
     module.exit_json(**result)

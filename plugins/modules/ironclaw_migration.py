@@ -168,11 +168,9 @@ report:
 import contextlib
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import ArgumentSpec, node_spec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscript_states import hookscript_state
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors, node_options
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import (
     proxmox_cli,
     stopped_for_migration,
@@ -180,6 +178,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox i
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._migration import node
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 
@@ -339,9 +338,9 @@ def run(module) -> dict:
     raise InputError(f"unknown step {step}")
 
 
-def main():
-    spec = node_options(vm=False)
-    spec.update(
+def argument_spec() -> ArgumentSpec:
+    """The node half's options (the action validates the controller steps' own arguments itself)."""
+    spec = node_spec().update_argspec(
         step={"type": "str", "required": True, "choices": list(STEPS)},
         run={"type": "dict"},
         host={"type": "str", "choices": ["source", "target"]},
@@ -364,16 +363,19 @@ def main():
         describe={"type": "list", "elements": "dict"},
         now={"type": "str"},
     )
-    module = AnsibleModule(
-        argument_spec=spec,
-        supports_check_mode=True,
-        required_if=[
+    spec.required_if.extend(
+        [
             ("step", "verified", ("trust_roots",)),
             ("step", "imported", ("trust_roots", "node_name")),
             ("step", "cached", ("trust_roots",)),
-        ],
-        required_by={"move_vms": ("move_to",)},
+        ]
     )
+    spec.required_by["move_vms"] = ("move_to",)
+    return spec
+
+
+def main():
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
         result = run(module)
     module.exit_json(**result)

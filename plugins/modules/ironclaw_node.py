@@ -147,9 +147,8 @@ vm:
       sample: stopped
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors, node_options
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import ArgumentSpec, node_spec
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
@@ -157,15 +156,17 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 
 
-def main():
-    spec = node_options(vm=False)
-    spec.update(
+def argument_spec() -> ArgumentSpec:
+    return node_spec().update_argspec(
         state={"type": "str", "default": "gathered", "choices": ["gathered", "present"]},
         pcrs={"type": "str"},
         pve={"type": "bool", "default": False},
         vmid={"type": "int"},
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+
+
+def main():
+    module = argument_spec().create_ansible_module()
     p = module.params
     proxmox = {}
     with failing_on_errors(module):

@@ -81,10 +81,6 @@ options:
   now:
     description: The clock to decide with (UTC timestamp); for tests. Default the controller's clock.
     type: str
-  controller_dir:
-    description: Where the controller keeps keys, trust root and store.
-    type: path
-    default: ~/.local/share/ironclaw
   node:
     description:
       - With O(state=approved), the node to approve, the result of M(ironclaw.sealed.ironclaw_node) or an enrolled node
@@ -122,6 +118,8 @@ options:
       - Bind the approval to PCR values, the C(pcrs) result of M(ironclaw.sealed.ironclaw_node) (C(selection) and
         C(digest)). Reading them from the node trusts the node at signing time; pass expected values to avoid that.
     type: dict
+extends_documentation_fragment:
+  - ironclaw.sealed.controller
 attributes:
   check_mode:
     description: Can run in check mode; a missing key is reported, not created.

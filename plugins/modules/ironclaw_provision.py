@@ -115,33 +115,6 @@ options:
         after an epoch bump; the VM is being moved away). RV(record) is then null and C(cached) does nothing.
     type: bool
     default: false
-  controller_dir:
-    description: Keys, trust root and signing state on the controller.
-    type: path
-    default: "~/.local/share/ironclaw"
-  store_dir:
-    description: The store directory on the store host (C(planned), C(recorded)).
-    type: path
-  signing:
-    description: C(online) signs with the controller's keys, C(offline) through signing requests in O(sign_dir).
-    type: str
-    default: online
-    choices: [online, offline]
-  sign_dir:
-    description: Where offline signing requests are exchanged.
-    type: path
-  expires_days:
-    description: Lifetime of a new manifest version, in days.
-    type: int
-    default: 90
-  max_days:
-    description: The longest lifetime signed.
-    type: int
-    default: 90
-  resign_days:
-    description: Re-sign an unchanged state when the newest version expires within this many days.
-    type: int
-    default: 30
   warn_days:
     description: With C(cached), warn when the manifest expires within this many days.
     type: int
@@ -161,7 +134,12 @@ options:
 extends_documentation_fragment:
   - ironclaw.sealed.node
   - ironclaw.sealed.node.attributes
+  - ironclaw.sealed.controller
+  - ironclaw.sealed.controller.signing
+  - ironclaw.sealed.controller.lifetime
+  - ironclaw.sealed.store
 notes:
+  - O(store_dir) is used by C(planned) and C(recorded), on the store host.
   - The playbook C(ironclaw.sealed.provision) runs the steps in order under the VM's lock in the store; the
     role C(ironclaw.sealed.seal) runs C(identified), C(planned) and C(sealed).
   - Give C(sealed) C(no_log) and C(ansible_pipelining=true) so secrets reach the node on stdin only.
@@ -295,14 +273,12 @@ manifest:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import run_step, spec
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import argument_spec, run_step
 
 
 def main():
-    module = AnsibleModule(argument_spec=spec(), supports_check_mode=True)
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
         result = run_step(module)
     module.exit_json(**result)

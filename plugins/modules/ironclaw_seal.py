@@ -250,205 +250,34 @@ keyslot_id:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import (
-    failing_on_errors,
-    node_options,
-    vm_locks,
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import (
+    ArgumentSpec,
+    node_spec,
+    secrets_option,
+    vm_spec,
 )
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli, stopped_for_migration
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import approval_from_dict
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format.grant import grant_from_dict
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.bundle_check import verify_bundle
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.node_check import as_envelopes
-from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import parse_ref
-from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine, transfer
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.approved import Approved
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.exported import Exported
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.imported import Imported
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.sealed import Sealed
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.unsealed import Unsealed
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.verified import Verified
 
-SECRET_OPTIONS = {
-    "name": {"type": "str", "required": True},
-    "src": {"type": "path"},
-    "content": {"type": "str", "no_log": True},
-    "content_base64": {"type": "str", "no_log": True},
+# Every state runs on the node (module_utils/_seal/module_backends/<state>.py).
+STATES = {
+    "sealed": Sealed,
+    "unsealed": Unsealed,
+    "verified": Verified,
+    "approved": Approved,
+    "exported": Exported,
+    "imported": Imported,
 }
 
 
-def _migration(doc) -> dict:
-    if not isinstance(doc, dict) or sorted(doc) != ["not_after", "source", "target"]:
-        raise InputError("state=exported needs migration: {source, target, not_after}")
-    canonical.parse_timestamp(doc["not_after"], "migration.not_after")
-    for field in ("source", "target"):
-        validate.node_name(doc[field])
-    if doc["source"] == doc["target"]:
-        raise InputError(f"migration source and target are both '{doc['source']}': a VM cannot migrate to its own node")
-    return doc
-
-
-def _manifest_ref(doc) -> dict:
-    ref = parse_ref({"destroyed": False, **(doc or {})}, "manifest")
-    return {"version": ref.version, "digest": ref.digest}
-
-
-def _stopper(module, vm):
-    def prepare():
-        return stopped_for_migration(
-            proxmox_cli(module),
-            vm.vmid,
-            vm.vm_uuid,
-            stop=module.params["stop_vm"],
-            timeout=module.params["shutdown_timeout"],
-            check_mode=module.check_mode,
-        )
-
-    return prepare
-
-
-def transfer_state(module, backend, vm, approval) -> dict:
-    p = module.params
-    path = p["bundle"] or transfer.bundle_path(p["state_dir"], vm.vmid, vm.vm_uuid)
-    now = clock(p["now"])
-    if p["state"] == "exported":
-        if p["grant"] is None:
-            raise InputError("state=exported needs grant (ironclaw_policy state=granted)")
-        if p["manifest"] is None:
-            raise InputError("state=exported needs manifest: {version, digest} of the store's newest manifest")
-        return transfer.export_vm(
-            backend,
-            vm,
-            grant_from_dict(p["grant"], "grant"),
-            migration=_migration(p["migration"]),
-            manifest=_manifest_ref(p["manifest"]),
-            path=path,
-            now=now,
-            check_mode=module.check_mode,
-            prepare=_stopper(module, vm) if p["pve"] else None,
-        )
-    if approval is None:
-        raise InputError("state=imported needs approval: one signed for this node (ironclaw_policy state=approved)")
-    verify = None
-    if p["envelope"] is not None:
-        envelope = dsse.parse_envelope(p["envelope"], "manifest")
-        roots = as_envelopes(p["trust_roots"], "trust root")
-        floor = parse_ref(p["floor"], "floor") if p["floor"] else None
-
-        def verify(bundle):
-            verify_bundle(
-                p["state_dir"],
-                bundle,
-                envelope=envelope,
-                offered_roots=roots,
-                floor=floor,
-                cluster=p["cluster"],
-                vm_ctime=p["vm_ctime"],
-                now=now,
-            )
-
-    return transfer.import_vm(backend, vm, approval, path=path, now=now, check_mode=module.check_mode, verify=verify)
-
-
-def run(module) -> dict:
-    p = module.params
-    vm = VmDir(p["state_dir"], p["vmid"], p["vm_uuid"])
-    approval = approval_from_dict(p["approval"], "approval") if p["approval"] is not None else None
-    state = p["state"]
-    if state == "sealed" and not p["secrets"]:
-        raise InputError("state=sealed needs secrets: a list of {name, src | content | content_base64}")
-    if state == "unsealed" and not p["dest"]:
-        raise InputError("state=unsealed needs dest: the directory that receives the secrets")
-    if state == "approved" and approval is None:
-        raise InputError("state=approved needs approval (from ironclaw_policy)")
-    policy = parse_policy(p["policy"])
-    secrets = engine.load_secrets(p["secrets"]) if state == "sealed" else None
-    key = canonical.b64decode(p["policy_key"], "policy_key") if p["policy_key"] else None
-    with (
-        open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend,
-        vm_locks(p, module.check_mode),
-    ):
-        if state == "sealed":
-            if key is None and vm.keyslot(required=False) is None and module.check_mode:
-                names = [s.name for s in secrets]
-                return {
-                    "changed": True,
-                    "keyslot": {"action": "created"},
-                    "blobs": [{"name": n, "action": "created"} for n in names],
-                }
-            return engine.seal(
-                backend,
-                vm,
-                secrets,
-                migratable=policy.migratable,
-                pcrs=policy.pcrs,
-                policy_key_public=key,
-                approval=approval,
-                check_mode=module.check_mode,
-            )
-        if state in ("exported", "imported"):
-            return transfer_state(module, backend, vm, approval)
-        if state == "approved":
-            return engine.install_approval(backend, vm, approval, check_mode=module.check_mode)
-        if state == "unsealed":
-            return engine.unseal_to(
-                backend,
-                vm,
-                p["dest"],
-                names=p["names"],
-                approval=approval,
-                check_mode=module.check_mode,
-                cluster=p["cluster"],
-                vm_ctime=p["vm_ctime"],
-                now=clock(p["now"]),
-            )
-        result = engine.verify(backend, vm, approval)
-        result = {"changed": False, "blobs": result["blobs"], "failed_blobs": result["failed"]}
-        if result["failed_blobs"]:
-            details = "; ".join(b["error"] for b in result["blobs"] if not b["ok"])
-            module.fail_json(
-                msg=f"VM {vm.vmid}: {len(result['failed_blobs'])} blob(s) did not verify: {details}", **result
-            )
-        if not result["blobs"]:
-            module.fail_json(msg=f"VM {vm.vmid} has a keyslot but no sealed secrets to verify", **result)
-        return result
-
-
-def main():
-    spec = node_options()
-    spec.update(
-        state={
-            "type": "str",
-            "required": True,
-            "choices": ["sealed", "unsealed", "verified", "approved", "exported", "imported"],
-        },
-        # The list itself is not secret (names, paths); its content fields are no_log.
-        secrets={"type": "list", "elements": "dict", "options": SECRET_OPTIONS, "no_log": False},
-        policy={"type": "raw"},
-        policy_key={"type": "str", "no_log": False},  # a public key
-        approval={"type": "dict"},
-        dest={"type": "path"},
-        names={"type": "list", "elements": "str"},
-        grant={"type": "dict"},
-        migration={"type": "dict"},
-        manifest={"type": "dict"},
-        bundle={"type": "path"},
-        envelope={"type": "dict"},
-        trust_roots={"type": "list", "elements": "dict"},
-        floor={"type": "dict"},
-        cluster={"type": "str", "default": "default"},
-        vm_ctime={"type": "int"},
-        now={"type": "str"},
-        pve={"type": "bool", "default": False},
-        stop_vm={"type": "bool", "default": True},
-        shutdown_timeout={"type": "int", "default": 60},
-    )
-    module = AnsibleModule(
-        argument_spec=spec,
+def argument_spec() -> ArgumentSpec:
+    spec = ArgumentSpec(
         required_if=[
             ("state", "sealed", ("secrets",)),
             ("state", "unsealed", ("dest",)),
@@ -456,10 +285,41 @@ def main():
             ("state", "exported", ("grant", "manifest", "migration")),
             ("state", "imported", ("approval",)),
         ],
-        supports_check_mode=True,
     )
+    return (
+        node_spec()
+        .merge(vm_spec())
+        .merge(spec)
+        .update_argspec(
+            state={"type": "str", "required": True, "choices": list(STATES)},
+            secrets=secrets_option(),
+            policy={"type": "raw"},
+            policy_key={"type": "str", "no_log": False},  # a public key
+            approval={"type": "dict"},
+            dest={"type": "path"},
+            names={"type": "list", "elements": "str"},
+            grant={"type": "dict"},
+            migration={"type": "dict"},
+            manifest={"type": "dict"},
+            bundle={"type": "path"},
+            envelope={"type": "dict"},
+            trust_roots={"type": "list", "elements": "dict"},
+            floor={"type": "dict"},
+            cluster={"type": "str", "default": "default"},
+            vm_ctime={"type": "int"},
+            now={"type": "str"},
+            pve={"type": "bool", "default": False},
+            stop_vm={"type": "bool", "default": True},
+            shutdown_timeout={"type": "int", "default": 60},
+        )
+    )
+
+
+def main():
+    module = argument_spec().create_ansible_module()
     with failing_on_errors(module):
-        result = run(module)
+        state = STATES[module.params["state"]](module.params, module.check_mode, lambda: proxmox_cli(module))
+        result = state.run()
     module.exit_json(**result)
 
 

@@ -16,16 +16,17 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible import lock_states, manifest_states
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.module_backends import store
 
-# The store-host states that may run in process: module -> state -> (argument spec, required_if, state function).
+# The store-host states that may run in process: module -> state -> (its ArgumentSpec builder, state function).
 IN_PROCESS = {
     "ironclaw.sealed.ironclaw_manifest": {
-        "listed": (manifest_states.SPEC, manifest_states.REQUIRED_IF, manifest_states.listed),
-        "stored": (manifest_states.SPEC, manifest_states.REQUIRED_IF, manifest_states.stored),
+        "listed": (manifest_states.argument_spec, store.listed),
+        "stored": (manifest_states.argument_spec, store.stored),
     },
     "ironclaw.sealed.ironclaw_lock": {
-        "acquired": (lock_states.SPEC, [], lock_states.lock_state),
-        "released": (lock_states.SPEC, [], lock_states.lock_state),
+        "acquired": (lock_states.argument_spec, lock_states.lock_state),
+        "released": (lock_states.argument_spec, lock_states.lock_state),
     },
 }
 DEFAULT_STATES = {"ironclaw.sealed.ironclaw_lock": "acquired"}
@@ -45,9 +46,16 @@ def is_local(action) -> bool:
     return getattr(connection, "transport", None) == "local" and not action._play_context.become
 
 
-def validated(spec: dict, required_if: list, args: dict) -> dict:
-    """`args` checked and completed (defaults, fallbacks) by the module's argument spec, as the module would."""
-    checked = ArgumentSpecValidator(spec, required_if=required_if).validate(args)
+def validated(spec, args: dict) -> dict:
+    """`args` checked and completed (defaults, fallbacks) by the module's ArgumentSpec, as the module would."""
+    checked = ArgumentSpecValidator(
+        spec.argument_spec,
+        mutually_exclusive=spec.mutually_exclusive,
+        required_together=spec.required_together,
+        required_one_of=spec.required_one_of,
+        required_if=spec.required_if,
+        required_by=spec.required_by,
+    ).validate(args)
     if checked.error_messages:
         raise InputError("; ".join(checked.error_messages))
     return checked.validated_parameters
@@ -60,8 +68,8 @@ def call(action, module_name: str, args: dict, task_vars: dict, check_mode: bool
     state = args.get("state", DEFAULT_STATES.get(module_name))
     here = IN_PROCESS.get(module_name, {}).get(state)
     if here is not None and is_local(action):
-        spec, required_if, function = here
-        return function(validated(spec, required_if, args), check_mode)
+        spec, function = here
+        return function(validated(spec(), args), check_mode)
     out = action._execute_module(module_name=module_name, module_args=args, task_vars=task_vars)
     if out.get("failed"):
         raise StoreCallFailed(out.get("msg", f"{module_name} failed on the store host"), out.get("error"))

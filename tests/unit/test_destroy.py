@@ -264,12 +264,12 @@ def test_module_refuses_a_bad_vms_list_before_touching_the_node(node, changes, m
     # The module's option handling imports ansible (the venv's python has it, Debian's does not).
     pytest.importorskip("ansible")
     from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.destroy_states import (  # noqa: PLC0415
-        SPEC,
+        argument_spec,
         destroy_node,
     )
 
     backend, state_dir, _keys = node
-    params = dict.fromkeys(SPEC) | {k: v["default"] for k, v in SPEC.items() if "default" in v}
+    params = argument_spec().defaults()
     params |= {"state_dir": state_dir, "backend": backend.backend, "vms": [{"vmid": GONE[0], "vm_uuid": GONE[1]}]}
     params |= changes
     epoch = backend.epoch()

@@ -460,7 +460,7 @@ def test_vm_dir_copied_from_another_node_refused_by_the_record_ironclaw_hookscri
     """Another node of the cluster gets this node's whole VM state; the hook installed there refuses it."""
     pytest.importorskip("ansible", reason="the module's option set comes from ansible-core (controller venv)")
     from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscript_states import (  # noqa: PLC0415
-        SPEC,
+        argument_spec,
         hookscript_state,
     )
 
@@ -478,7 +478,7 @@ def test_vm_dir_copied_from_another_node_refused_by_the_record_ironclaw_hookscri
     bin_dir.mkdir()
     settings = {"state_dir": other, "cluster": CLUSTER, "qm": write_stub(bin_dir, "qm")}
     settings["pvesh"] = write_stub(bin_dir, "pvesh")
-    p = {name: option.get("default") for name, option in SPEC.items()}
+    p = argument_spec().defaults()
     p.update(
         state_dir=other,
         snippets_dir=str(tmp_path / "snippets"),

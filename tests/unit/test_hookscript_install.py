@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("ansible", reason="the module's option set comes from ansible-core (controller venv)")
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.hookscript_states import (  # noqa: E402
-    SPEC,
+    argument_spec,
     hookscript_state,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (  # noqa: E402
@@ -64,7 +64,7 @@ class Proxmox:
 
 
 def params(tmp_path, **changes) -> dict:
-    p = {name: option.get("default") for name, option in SPEC.items()}
+    p = argument_spec().defaults()
     p.update(
         state_dir=str(tmp_path / "state"),
         snippets_dir=str(tmp_path / "snippets"),

@@ -6,51 +6,28 @@ unseal fails the step and nothing is described for the controller to sign.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from software_node import UUID, VMID, SoftwareNode
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
-from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.signer import PolicyKeyStore, sign_approval
 
 # The module's option set comes from ansible-core (controller venv); nodeA of the integration tests runs this
 # code under Debian's python3.
 pytest.importorskip("ansible", reason="the module's option set comes from ansible-core (controller venv)")
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import (  # noqa: E402
+    argument_spec,
     sealed,
-    spec,
 )
 
-VMID = 100
-UUID = "6b9f2c1e-3a4d-4e5f-8a7b-1c2d3e4f5a6b"
 IDENTITY = {"vmid": VMID, "uuid": UUID, "ctime": None, "node": "node-a", "source": "variables", "status": "unknown"}
 
 
-class Controller:
-    """A provisioned software node and the VM's policy key, as the planned step leaves them."""
-
-    def __init__(self, root: Path):
-        self.state_dir = str(root / "state")
-        self.keys = PolicyKeyStore(str(root / "controller"))
-        self.keys.create(VMID, UUID)
-        with open_backend("software", tcti=None, state_dir=self.state_dir) as backend:
-            backend.provision()
-            facts = backend.facts()
-        self.approval = sign_approval(
-            self.keys.load(VMID, UUID),
-            vmid=VMID,
-            vm_uuid=UUID,
-            node_name=facts.node_name,
-            epoch_nv_name=facts.epoch_nv_name,
-            epoch=facts.epoch,
-        ).to_dict()
-
+class Controller(SoftwareNode):
     def params(self, values: dict[str, str], **over) -> dict:
         public, _name = self.keys.public(VMID, UUID)
-        p = {name: option.get("default") for name, option in spec().items()}
+        p = argument_spec().defaults()
         p.update(
             step="sealed",
             backend="software",
@@ -66,15 +43,6 @@ class Controller:
         )
         p.update(over)
         return p
-
-    def files(self) -> dict[str, bytes]:
-        """The node's state (lock files hold none)."""
-        root = Path(self.state_dir)
-        files = [p for p in root.rglob("*") if p.is_file() and ".locks" not in p.parts]
-        return {str(p.relative_to(root)): p.read_bytes() for p in files}
-
-    def vm_dir(self) -> Path:
-        return Path(self.state_dir, str(VMID))
 
 
 @pytest.fixture

@@ -378,8 +378,8 @@ def test_forged_root_not_accepted_by_a_node_with_an_empty_cache(tmp_path):
 def test_listed_trust_roots_are_the_controllers_never_the_stores(store, controller, tmp_path):
     """A forged root in the store's trust/ is not what the controller hands on to nodes."""
     manifest_states = _manifest_states()
-    from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_manifest import checked_listing
     from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
+    from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controller import checked_listing
 
     TrustKeyStore(controller).save_root(ROOT_ENV, dsse.envelope_to_bytes(ROOT_ENV))
     Path(store.trust_dir, "root-00000001.json").write_bytes(dsse.envelope_to_bytes(forged_root()))

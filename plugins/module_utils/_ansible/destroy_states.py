@@ -6,45 +6,51 @@ from __future__ import annotations
 
 import contextlib
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.manifest_states import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import (
+    ArgumentSpec,
+    spanning_spec,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import stop_running
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_many_on_node
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 
 CONTROLLER_STATES = ("planned", "revoked", "receipted")
 
-SPEC = {
-    "state": {"type": "str", "default": "absent", "choices": ["absent", "planned", "revoked", "receipted"]},
-    "vmid": {"type": "int"},
-    "vm_uuid": {"type": "str"},
-    "vms": {"type": "list", "elements": "dict"},
-    "state_dir": {"type": "path", "default": "/var/lib/ironclaw"},
-    "tcti": {"type": "str"},
-    "backend": {"type": "str", "default": "tpm2", "choices": ["tpm2", "software"]},
-    "lock_timeout": {"type": "float", "default": 120},
-    "controller_dir": {"type": "path", "default": "~/.local/share/ironclaw"},
-    "cluster": {"type": "str", "default": "default"},
-    "locations": {"type": "list", "elements": "dict"},
-    "policy_key": {"type": "dict", "no_log": False},
-    "chain_end": {"type": "dict"},
-    "stored_receipts": {"type": "list", "elements": "dict"},
-    "signing": {"type": "str", "default": "online", "choices": ["online", "offline"]},
-    "sign_dir": {"type": "path"},
-    "now": {"type": "str"},
-    "pve": {"type": "bool", "default": False},
-    "stop_vm": {"type": "bool", "default": False},
-    "shutdown_timeout": {"type": "int", "default": 60},
-    "delete_vm": {"type": "bool", "default": False},
-    # With state=planned: the VMs the store knows under vmid (ironclaw_manifest listed with vmid), and where it is.
-    "found": {"type": "list", "elements": "dict"},
-    "store_dir": {"type": "path"},
-    # Read by the action plugin (state=absent): renew the approvals of the VMs that stay on the node.
-    "reapprove": {"type": "dict"},
-}
+REQUIRED_IF = [
+    ("state", "revoked", ("vmid", "vm_uuid")),
+    ("state", "receipted", ("vmid", "vm_uuid", "locations", "policy_key")),
+]
+
+
+def argument_spec() -> ArgumentSpec:
+    """ironclaw_destroy's options (the module and its action plugin)."""
+    return (
+        spanning_spec()
+        .merge(ArgumentSpec(required_if=REQUIRED_IF))
+        .update_argspec(
+            state={"type": "str", "default": "absent", "choices": ["absent", "planned", "revoked", "receipted"]},
+            vms={"type": "list", "elements": "dict"},
+            cluster={"type": "str", "default": "default"},
+            locations={"type": "list", "elements": "dict"},
+            policy_key={"type": "dict", "no_log": False},
+            chain_end={"type": "dict"},
+            stored_receipts={"type": "list", "elements": "dict"},
+            now={"type": "str"},
+            pve={"type": "bool", "default": False},
+            stop_vm={"type": "bool", "default": False},
+            shutdown_timeout={"type": "int", "default": 60},
+            delete_vm={"type": "bool", "default": False},
+            # With state=planned: the VMs the store knows under vmid (ironclaw_manifest listed with vmid), and where.
+            found={"type": "list", "elements": "dict"},
+            # Read by the action plugin (state=absent): renew the approvals of the VMs that stay on the node.
+            reapprove={"type": "dict"},
+        )
+    )
 
 
 def proxmox_before(p: dict, cli, vmid: int, vm_uuid: str, check_mode: bool) -> dict:

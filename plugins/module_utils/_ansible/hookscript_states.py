@@ -9,7 +9,7 @@ import os
 
 from ansible.module_utils.basic import env_fallback
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import DEFAULT_STATE_DIR
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import DEFAULT_STATE_DIR, ArgumentSpec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import FormatError, InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
@@ -18,22 +18,28 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._hook.node_record 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import BACKENDS, open_backend
 
 DEFAULT_CLUSTER = "default"
-SPEC = {
-    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-    "state_dir": {"type": "path", "default": DEFAULT_STATE_DIR},
-    "cluster": {"type": "str", "default": DEFAULT_CLUSTER},
-    "snippets_dir": {"type": "path", "default": "/var/lib/vz/snippets"},
-    "storage": {"type": "str", "default": "local"},
-    "file": {"type": "str", "default": "ironclaw-prestart.pyz"},
-    "vmid": {"type": "int"},
-    "pve": {"type": "bool", "default": True},
-    "node_name": {"type": "str"},
-    # With backend (and no node_name) the module reads this node's id itself and records it.
-    "backend": {"type": "str", "choices": list(BACKENDS)},
-    "tcti": {"type": "str", "fallback": (env_fallback, ["IRONCLAW_TCTI"])},
-    # Not secret: no_log keeps the (large) hookscript out of logs and results.
-    "content": {"type": "str", "no_log": True},
-}
+
+
+def argument_spec() -> ArgumentSpec:
+    """ironclaw_hookscript's options (the module and its action plugin)."""
+    return ArgumentSpec(
+        {
+            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "state_dir": {"type": "path", "default": DEFAULT_STATE_DIR},
+            "cluster": {"type": "str", "default": DEFAULT_CLUSTER},
+            "snippets_dir": {"type": "path", "default": "/var/lib/vz/snippets"},
+            "storage": {"type": "str", "default": "local"},
+            "file": {"type": "str", "default": "ironclaw-prestart.pyz"},
+            "vmid": {"type": "int"},
+            "pve": {"type": "bool", "default": True},
+            "node_name": {"type": "str"},
+            # With backend (and no node_name) the module reads this node's id itself and records it.
+            "backend": {"type": "str", "choices": list(BACKENDS)},
+            "tcti": {"type": "str", "fallback": (env_fallback, ["IRONCLAW_TCTI"])},
+            # Not secret: no_log keeps the (large) hookscript out of logs and results.
+            "content": {"type": "str", "no_log": True},
+        }
+    )
 
 
 def _recorded_node_id(state_dir: str) -> str | None:

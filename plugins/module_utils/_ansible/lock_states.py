@@ -4,19 +4,22 @@
 
 from __future__ import annotations
 
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import ArgumentSpec, store_spec
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store import lock
 
-SPEC = {
-    "state": {"type": "str", "default": "acquired", "choices": ["acquired", "released"]},
-    "locks": {"type": "list", "elements": "str", "required": True},
-    "store_dir": {"type": "path", "required": True},
-    "timeout": {"type": "int", "default": lock.DEFAULT_TIMEOUT},
-    "lease": {"type": "int", "default": lock.DEFAULT_LEASE},
-    "break_lock": {"type": "str"},
-    "playbook": {"type": "str"},
-    "holder": {"type": "dict"},
-}
+
+def argument_spec() -> ArgumentSpec:
+    """ironclaw_lock's options (the module and its action plugin)."""
+    return store_spec(required=True).update_argspec(
+        state={"type": "str", "default": "acquired", "choices": ["acquired", "released"]},
+        locks={"type": "list", "elements": "str", "required": True},
+        timeout={"type": "int", "default": lock.DEFAULT_TIMEOUT},
+        lease={"type": "int", "default": lock.DEFAULT_LEASE},
+        break_lock={"type": "str"},
+        playbook={"type": "str"},
+        holder={"type": "dict"},
+    )
 
 
 def lock_state(p: dict, check_mode: bool) -> dict:

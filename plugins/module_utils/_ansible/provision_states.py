@@ -9,60 +9,57 @@
 
 from __future__ import annotations
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible import manifest_states
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import node_options, vm_locks
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
-from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import approval_from_dict
-from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
-from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import (
+    ArgumentSpec,
+    controller_spec,
+    manifest_lifetime_spec,
+    node_spec,
+    secrets_option,
+    signing_spec,
+    store_spec,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.module_backends.node import built, verified
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.sealed import Sealed
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.verified import failure
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 
 STEPS = ("identified", "placed", "planned", "sealed", "recorded", "cached")
 NODE_STEPS = ("sealed", "cached")
 
-SECRET_OPTIONS = {
-    "name": {"type": "str", "required": True},
-    "src": {"type": "path"},
-    "content": {"type": "str", "no_log": True},
-    "content_base64": {"type": "str", "no_log": True},
-}
 
-
-def spec() -> dict:
-    out = node_options(vm=False)
-    out.update(
-        step={"type": "str", "required": True, "choices": list(STEPS)},
-        vmid={"type": "raw"},
-        vm_uuid={"type": "str", "default": ""},
-        vm_ctime={"type": "int"},
-        pve={"type": "bool", "default": False},
-        vm_nodes={"type": "list", "elements": "str", "default": []},
-        node_name={"type": "str"},
-        # The list itself is not secret (names, paths); its content fields are no_log.
-        secrets={"type": "list", "elements": "dict", "options": SECRET_OPTIONS, "no_log": False},
-        policy={"type": "raw"},
-        policy_key={"type": "str", "no_log": False},  # a public key
-        approval={"type": "dict"},
-        identity={"type": "dict"},
-        node={"type": "dict"},
-        statement={"type": "dict"},
-        provision={"type": "bool", "default": False},
-        only_if_here={"type": "bool", "default": False},
-        controller_dir={"type": "path", "default": "~/.local/share/ironclaw"},
-        store_dir={"type": "path"},
-        signing={"type": "str", "default": "online", "choices": ["online", "offline"]},
-        sign_dir={"type": "path"},
-        expires_days={"type": "int", "default": 90},
-        max_days={"type": "int", "default": 90},
-        resign_days={"type": "int", "default": 30},
-        warn_days={"type": "int", "default": 14},
-        cluster={"type": "str", "default": "default"},
-        record={"type": "dict"},
-        now={"type": "str"},
+def argument_spec() -> ArgumentSpec:
+    """ironclaw_provision's options (the module and its action plugin)."""
+    return (
+        node_spec()
+        .merge(controller_spec())
+        .merge(signing_spec())
+        .merge(manifest_lifetime_spec())
+        .merge(store_spec())
+        .update_argspec(
+            step={"type": "str", "required": True, "choices": list(STEPS)},
+            vmid={"type": "raw"},
+            vm_uuid={"type": "str", "default": ""},
+            vm_ctime={"type": "int"},
+            pve={"type": "bool", "default": False},
+            vm_nodes={"type": "list", "elements": "str", "default": []},
+            node_name={"type": "str"},
+            secrets=secrets_option(),
+            policy={"type": "raw"},
+            policy_key={"type": "str", "no_log": False},  # a public key
+            approval={"type": "dict"},
+            identity={"type": "dict"},
+            node={"type": "dict"},
+            statement={"type": "dict"},
+            provision={"type": "bool", "default": False},
+            only_if_here={"type": "bool", "default": False},
+            warn_days={"type": "int", "default": 14},
+            cluster={"type": "str", "default": "default"},
+            record={"type": "dict"},
+            now={"type": "str"},
+        )
     )
-    return out
 
 
 def _vm(p: dict) -> VmDir:
@@ -85,49 +82,31 @@ def _node_params(p: dict, vm: VmDir, state: str) -> dict:
     }
 
 
+class SealedAndVerified(Sealed):
+    """ironclaw_seal's state=sealed, then every blob of the VM test-unsealed under the same locks."""
+
+    def plan_and_apply(self) -> dict:
+        out = super().plan_and_apply()
+        if self.check_mode and out["keyslot"]["action"] == "created":
+            return {**out, "verified": None}  # nothing to test-unseal yet
+        checked = engine.verify(self.backend, self.vm, self.approval)
+        refusal = failure(self.vm.vmid, checked["blobs"], checked["failed"])
+        if refusal is not None:
+            raise refusal
+        return {**out, "verified": [b["name"] for b in checked["blobs"]]}
+
+
 def sealed(p: dict, check_mode: bool) -> dict:
     """Seal every secret (the keyslot created on first use), test-unseal them all, describe the sealed state."""
     vm = _vm(p)
     if not p["secrets"]:
         raise InputError("step=sealed needs secrets: a list of {name, content | content_base64}")
-    policy = parse_policy(p["policy"])
-    secrets = engine.load_secrets(p["secrets"])
-    approval = approval_from_dict(p["approval"], "approval") if p["approval"] is not None else None
-    key = canonical.b64decode(p["policy_key"], "policy_key") if p["policy_key"] else None
     params = _node_params(p, vm, "sealed")
-    with (
-        open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend,
-        vm_locks(params, check_mode),
-    ):
-        if key is None and vm.keyslot(required=False) is None and check_mode:
-            return {
-                "changed": True,
-                "keyslot": {"action": "created"},
-                "blobs": [{"name": s.name, "action": "created"} for s in secrets],
-                "verified": [],
-                "statement": None,
-            }
-        out = engine.seal(
-            backend,
-            vm,
-            secrets,
-            migratable=policy.migratable,
-            pcrs=policy.pcrs,
-            policy_key_public=key,
-            approval=approval,
-            check_mode=check_mode,
-        )
-        if check_mode and out["keyslot"]["action"] == "created":
-            return {**out, "verified": [], "statement": None}
-        checked = engine.verify(backend, vm, approval)
-    if checked["failed"]:
-        details = "; ".join(b["error"] for b in checked["blobs"] if not b["ok"])
-        raise VerificationError(f"VM {vm.vmid}: {len(checked['failed'])} blob(s) did not verify: {details}")
-    if not checked["blobs"]:
-        raise InputError(f"VM {vm.vmid} has a keyslot but no sealed secrets to verify")
-    out["verified"] = [b["name"] for b in checked["blobs"]]
+    out = SealedAndVerified(params, check_mode).run()
+    if out["verified"] is None:
+        return {**out, "verified": [], "statement": None}
     # Nothing to describe in check mode: the sealed state it would describe is not there yet.
-    out["statement"] = None if check_mode else manifest_states.built(params, True)["statement"]
+    out["statement"] = None if check_mode else built(params, True)["statement"]
     return out
 
 
@@ -146,7 +125,7 @@ def cached(p: dict, check_mode: bool, module) -> dict:
         "unseal": False,
         "cache": True,
     }
-    return manifest_states.verified(params, check_mode, module)
+    return verified(params, check_mode, module.warn)
 
 
 def run_step(module) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
@@ -110,7 +110,46 @@ def _check_pcr_cover(approval, pcrs: PcrSelection | None) -> None:
         )
 
 
-def seal(
+@dataclass
+class SealPlan:
+    """What sealing the listed secrets changes: nothing is written while it is made (it holds the VRK in memory when
+    the keyslot exists, to compare contents)."""
+
+    vm: VmDir
+    keyslot: Keyslot | None
+    keyslot_id: str
+    key_name: bytes | None
+    policy_key_public: bytes | None
+    migratable: bool
+    vrk: bytes | None = field(repr=False)
+    approval: object
+    approval_changed: bool
+    actions: list = field(repr=False)  # (Secret, generation, action): the plaintext too
+    before: dict = field(default_factory=dict)
+
+    @property
+    def keyslot_action(self) -> str:
+        return "created" if self.keyslot is None else "unchanged"
+
+    @property
+    def changed(self) -> bool:
+        return self.keyslot is None or self.approval_changed or any(a != "unchanged" for _s, _g, a in self.actions)
+
+    def result(self) -> dict:
+        """The module's result for this plan (check mode returns it as is)."""
+        after_blobs = dict(self.before["blobs"])
+        for secret, generation, _a in self.actions:
+            after_blobs[secret.name] = generation
+        return {
+            "changed": self.changed,
+            "keyslot": {"keyslot_id": self.keyslot_id, "action": self.keyslot_action, "migratable": self.migratable},
+            "approval_installed": self.approval_changed,
+            "blobs": [{"name": s.name, "generation": g, "action": a} for s, g, a in self.actions],
+            "diff": {"before": self.before, "after": {"keyslot": self.keyslot_id, "blobs": after_blobs}},
+        }
+
+
+def plan_seal(
     backend,
     vm: VmDir,
     secrets: list[Secret],
@@ -119,9 +158,8 @@ def seal(
     pcrs: PcrSelection | None,
     policy_key_public: bytes | None,
     approval,
-    check_mode: bool,
-) -> dict:
-    """Create the keyslot if absent and make every listed secret's blob hold exactly its content."""
+) -> SealPlan:
+    """What creating the keyslot if absent and making every listed secret's blob hold exactly its content changes."""
     keyslot = vm.keyslot(required=False)
     key_name = None
     if policy_key_public is not None:
@@ -142,7 +180,6 @@ def seal(
         vrk = None
         for secret in secrets:
             actions.append((secret, 1, "created"))
-        keyslot_action = "created"
     else:
         backend.check_keyslot_node(keyslot)
         if key_name is not None and key_name != keyslot.policy_key_name:
@@ -180,38 +217,52 @@ def seal(
                 actions.append((secret, parsed.header.generation, "unchanged"))
             else:
                 actions.append((secret, parsed.header.generation + 1, "resealed"))
-        keyslot_action = "unchanged"
+    return SealPlan(
+        vm=vm,
+        keyslot=keyslot,
+        keyslot_id=keyslot_id,
+        key_name=key_name,
+        policy_key_public=policy_key_public,
+        migratable=migratable,
+        vrk=vrk,
+        approval=approval,
+        approval_changed=approval_changed,
+        actions=actions,
+        before=before,
+    )
 
-    changed = keyslot_action == "created" or approval_changed or any(a != "unchanged" for _s, _g, a in actions)
-    if changed and not check_mode:
+
+def apply_seal(backend, plan: SealPlan) -> dict:
+    """Write what the plan says: the keyslot first (a run cut short leaves a keyslot and fewer blobs, and a re-run
+    finishes), then the approval, then each blob that changed."""
+    vm, vrk = plan.vm, plan.vrk
+    if plan.changed:
         vm.ensure()
-        if keyslot is None:
+        if plan.keyslot is None:
             vrk = os.urandom(VRK_SIZE)
             sealed = backend.seal(
                 vrk,
-                keyslot_id=keyslot_id,
+                keyslot_id=plan.keyslot_id,
                 vmid=vm.vmid,
                 vm_uuid=vm.vm_uuid,
-                policy_key_name=key_name,
-                migratable=migratable,
+                policy_key_name=plan.key_name,
+                migratable=plan.migratable,
             )
-            node_name = backend.identity()[0]
             keyslot = Keyslot(
                 vmid=vm.vmid,
                 vm_uuid=vm.vm_uuid,
-                keyslot_id=keyslot_id,
+                keyslot_id=plan.keyslot_id,
                 created=canonical.utc_timestamp(),
-                migratable=migratable,
-                node_name=node_name,
-                policy_key_name=key_name,
-                policy_key_public=policy_key_public,
+                migratable=plan.migratable,
+                node_name=backend.identity()[0],
+                policy_key_name=plan.key_name,
+                policy_key_public=plan.policy_key_public,
                 sealed=sealed,
             )
-            # Keyslot first: a run cut short here leaves a keyslot and fewer blobs, and a re-run finishes.
             vm.write(vm.keyslot_path, keyslot.to_bytes())
-        if approval is not None and approval_changed:
-            vm.write(vm.approval_path, approval.to_bytes())
-        for secret, generation, action in actions:
+        if plan.approval is not None and plan.approval_changed:
+            vm.write(vm.approval_path, plan.approval.to_bytes())
+        for secret, generation, action in plan.actions:
             if action == "unchanged":
                 continue
             blob = encrypt_blob(
@@ -219,32 +270,39 @@ def seal(
                 vmid=vm.vmid,
                 vm_uuid=vm.vm_uuid,
                 name=secret.name,
-                keyslot_id=keyslot_id,
+                keyslot_id=plan.keyslot_id,
                 generation=generation,
                 plaintext=secret.data,
             )
             vm.write(vm.blob_path(secret.name), blob)
-    after_blobs = dict(before["blobs"])
-    for secret, generation, _a in actions:
-        after_blobs[secret.name] = generation
-    return {
-        "changed": changed,
-        "keyslot": {"keyslot_id": keyslot_id, "action": keyslot_action, "migratable": migratable},
-        "approval_installed": approval_changed,
-        "blobs": [{"name": s.name, "generation": g, "action": a} for s, g, a in actions],
-        "diff": {"before": before, "after": {"keyslot": keyslot_id, "blobs": after_blobs}},
-    }
+    return plan.result()
+
+
+def seal(backend, vm: VmDir, secrets: list[Secret], *, check_mode: bool, **options) -> dict:
+    """Create the keyslot if absent and make every listed secret's blob hold exactly its content (`options` are
+    plan_seal's)."""
+    plan = plan_seal(backend, vm, secrets, **options)
+    return plan.result() if check_mode else apply_seal(backend, plan)
+
+
+def plan_approval(backend, vm: VmDir, approval) -> dict:
+    """Check an approval against this VM's keyslot and node in software; whether installing it changes anything."""
+    keyslot = vm.keyslot()
+    backend.check_keyslot_node(keyslot)
+    backend.check_approval(keyslot, approval)
+    return {"changed": approval_differs(vm.approval(required=False), approval), "epoch": approval.epoch}
+
+
+def apply_approval(vm: VmDir, approval, plan: dict) -> dict:
+    if plan["changed"]:
+        vm.write(vm.approval_path, approval.to_bytes())
+    return plan
 
 
 def install_approval(backend, vm: VmDir, approval, *, check_mode: bool) -> dict:
     """Check an approval against this VM's keyslot and node in software and install it."""
-    keyslot = vm.keyslot()
-    backend.check_keyslot_node(keyslot)
-    backend.check_approval(keyslot, approval)
-    changed = approval_differs(vm.approval(required=False), approval)
-    if changed and not check_mode:
-        vm.write(vm.approval_path, approval.to_bytes())
-    return {"changed": changed, "epoch": approval.epoch}
+    plan = plan_approval(backend, vm, approval)
+    return plan if check_mode else apply_approval(vm, approval, plan)
 
 
 def open_all(backend, vm: VmDir, approval=None, names: list[str] | None = None, *, pinned=None):
@@ -304,19 +362,35 @@ def verify(backend, vm: VmDir, approval=None) -> dict:
     return {"blobs": results, "failed": failed, "verified": not failed and bool(results)}
 
 
-def unseal_to(
+@dataclass
+class UnsealPlan:
+    """Which secrets unsealing writes to dest (their plaintext in memory), after every check passed."""
+
+    dest: str
+    files: list[dict]
+    manifest_version: int
+    writes: list[tuple[str, bytes]] = field(repr=False)  # (path, plaintext)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.writes)
+
+    def result(self) -> dict:
+        return {"changed": self.changed, "files": self.files, "manifest_version": self.manifest_version}
+
+
+def plan_unseal(
     backend,
     vm: VmDir,
     dest: str,
     *,
     names=None,
     approval=None,
-    check_mode: bool,
     cluster: str,
     vm_ctime: int | None,
     now: datetime,
-) -> dict:
-    """Write each secret to dest/<name> (0600), only where the content differs.
+) -> UnsealPlan:
+    """Verify, unseal in memory and compare with dest/<name>; nothing is written.
 
     First the manifest rules 1-5 against this node's cached manifest, trust roots and floor record (DESIGN §7 A9):
     an old copy of a blob put back from a backup, a swapped keyslot or an expired manifest writes nothing.
@@ -345,8 +419,29 @@ def unseal_to(
         results.append({"name": name, "path": path, "action": "unchanged" if same else "written"})
         if not same:
             writes.append((path, plaintext))
-    if writes and not check_mode:
-        ensure_dir(dest, 0o700)
-        for path, plaintext in writes:
+    return UnsealPlan(dest=dest, files=results, manifest_version=manifest.version, writes=writes)
+
+
+def apply_unseal(plan: UnsealPlan) -> dict:
+    if plan.writes:
+        ensure_dir(plan.dest, 0o700)
+        for path, plaintext in plan.writes:
             write_atomic(path, plaintext, 0o600)
-    return {"changed": bool(writes), "files": results, "manifest_version": manifest.version}
+    return plan.result()
+
+
+def unseal_to(
+    backend,
+    vm: VmDir,
+    dest: str,
+    *,
+    names=None,
+    approval=None,
+    check_mode: bool,
+    cluster: str,
+    vm_ctime: int | None,
+    now: datetime,
+) -> dict:
+    """Write each secret to dest/<name> (0600), only where the content differs (plan_unseal checks first)."""
+    plan = plan_unseal(backend, vm, dest, names=names, approval=approval, cluster=cluster, vm_ctime=vm_ctime, now=now)
+    return plan.result() if check_mode else apply_unseal(plan)

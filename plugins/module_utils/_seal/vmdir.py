@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -14,6 +15,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files impo
     read_regular,
     write_atomic,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import parse_approval
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.blob import parse_blob
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.keyslot import parse_keyslot
@@ -103,3 +105,17 @@ class VmDir:
     def write(self, path: str, data: bytes) -> None:
         self.ensure()
         write_atomic(path, data, 0o600)
+
+
+@contextlib.contextmanager
+def vm_locks(params: dict, check_mode: bool = False):
+    """Shared node lock (an epoch bump takes it exclusively) + exclusive lock on the VM.
+
+    A check-mode run on a node with no state directory yet has nothing to race on, and must not create one.
+    """
+    if check_mode and not os.path.isdir(params["state_dir"]):
+        yield
+        return
+    with locked(params["state_dir"], "node", params["lock_timeout"], shared=True):
+        with locked(params["state_dir"], f"vm-{params['vmid']}", params["lock_timeout"]):
+            yield

@@ -1,0 +1,43 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A state of a node module: the backend opened and the VM's locks held around plan() and apply()."""
+
+from __future__ import annotations
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import approval_from_dict
+from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir, vm_locks
+
+
+class NodeState:
+    """One state on one VM. `params` are the module's (validated), `proxmox` returns the node's Proxmox adapter
+    when a state asks Proxmox. Subclasses implement plan() and apply(plan); a plan has .changed and .result()."""
+
+    def __init__(self, params: dict, check_mode: bool, proxmox=None):
+        self.params = params
+        self.check_mode = check_mode
+        self.proxmox = proxmox
+        self.vm = VmDir(params["state_dir"], params["vmid"], params["vm_uuid"])
+        given = params.get("approval")
+        self.approval = approval_from_dict(given, "approval") if given is not None else None
+        self.backend = None
+
+    def plan(self):
+        raise NotImplementedError
+
+    def apply(self, plan) -> dict:
+        raise NotImplementedError
+
+    def run(self) -> dict:
+        p = self.params
+        with (
+            open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as self.backend,
+            vm_locks(p, self.check_mode),
+        ):
+            return self.plan_and_apply()
+
+    def plan_and_apply(self) -> dict:
+        plan = self.plan()
+        if self.check_mode or not plan.changed:
+            return plan.result()
+        return self.apply(plan)
