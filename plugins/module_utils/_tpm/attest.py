@@ -59,14 +59,16 @@ class Quote:
 class Attestor:
     """Attestation calls on one TpmNode's context; ``close()`` flushes the EK it created."""
 
-    def __init__(self, node, ek_type: str | None = None):
+    def __init__(self, node, ek_type: str | None = None, with_certificate: bool = True):
         self.node = node
         self.ctx = node.ctx
         self.t = pytss()
         self._ek_type = ek_type
+        self._with_certificate = with_certificate
         self._ek = None
         self._ek_info: ek.EkInfo | None = None
         self._ak = None
+        self._ak_public = None  # (TPM2B_PUBLIC, name) read once by _check_ak
 
     def close(self) -> None:
         if self._ek is not None:
@@ -91,7 +93,7 @@ class Attestor:
     # -- keys ----------------------------------------------------------------
     def ek(self):
         if self._ek is None:
-            self._ek, self._ek_info = ek.create_ek(self.ctx, self._ek_type)
+            self._ek, self._ek_info = ek.create_ek(self.ctx, self._ek_type, self._with_certificate)
         return self._ek
 
     @property
@@ -102,6 +104,13 @@ class Attestor:
     def _endorsement_session(self):
         """A policy session satisfying the EK's policy: PolicySecret(TPM_RH_ENDORSEMENT)."""
         t = self.t
+        if self.ek_info.ek_type not in ek.LOW_RANGE_TYPES:
+            # High-range EKs carry PolicyB = PolicyOR(PolicySecret(endorsement), PolicyAuthorizeNV), which
+            # needs the PolicyC branch digest; not built yet.
+            raise TpmError(
+                f"the {self.ek_info.ek_type} EK's policy (TCG high range, PolicyOR) is not supported yet for "
+                f"activation; use {' or '.join(ek.LOW_RANGE_TYPES)}"
+            )
         with tpm_errors("starting the endorsement policy session"):
             session = self.ctx.start_auth_session(
                 tpm_key=t.ESYS_TR.NONE,
@@ -153,7 +162,8 @@ class Attestor:
 
     def _check_ak(self, handle) -> None:
         with tpm_errors("reading the attestation key's public area"):
-            pub, _name, _qname = self.ctx.read_public(object_handle=handle)
+            pub, name, _qname = self.ctx.read_public(object_handle=handle)
+        self._ak_public = (pub, bytes(name))
         want = ak_public().publicArea
         area = pub.publicArea
         if (
@@ -171,11 +181,13 @@ class Attestor:
         """Public facts the controller checks: EK certificate and public, SRK and AK publics and names."""
         info = self.ek_info
         srk = self.node.srk()
-        with tpm_errors("reading the SRK public area"):
-            srk_pub, srk_name, _q = self.ctx.read_public(object_handle=srk)
-        ak = self.ak()
-        with tpm_errors("reading the attestation key's public area"):
-            ak_pub, ak_name, _q = self.ctx.read_public(object_handle=ak)
+        if self.node._srk_public is None:  # created in this context: not read yet
+            with tpm_errors("reading the SRK public area"):
+                pub, name, _q = self.ctx.read_public(object_handle=srk)
+            self.node._srk_public = (pub, bytes(name))
+        srk_pub, srk_name = self.node._srk_public  # read (and checked) by the lookup
+        self.ak()
+        ak_pub, ak_name = self._ak_public
         return {
             "ek_type": info.ek_type,
             "ek_cert_index": info.cert_index,
@@ -233,3 +245,19 @@ class Attestor:
             )
         values = self.node.read_pcrs(selection)
         return Quote(attest=bytes(attest), signature=bytes(signature.marshal()), pcr_values=values)
+
+
+def answer_challenge(attestor: Attestor, request: dict) -> dict:
+    """The node's answers to a controller's Challenge.request(): per target the secret or the TPM's refusal, a quote.
+
+    A refused activation is an answer, not a failure here: the controller decides what it means.
+    """
+    answers: dict = {}
+    for target, cred in sorted(request["credentials"].items()):
+        try:
+            answers[target] = {"secret": attestor.activate(target, cred["id_object"], cred["encrypted_secret"])}
+        except TpmError as err:
+            answers[target] = {"error": str(err)}
+    quote = attestor.quote(bytes(request["nonce"]), PcrSelection.parse(request["pcrs"]))
+    answers["quote"] = {"attest": quote.attest, "signature": quote.signature, "pcr_values": quote.pcr_values}
+    return answers

@@ -30,8 +30,9 @@ EK_TYPES = (
 )
 EK_NV_FIRST = 0x01C00002
 EK_NV_LAST = 0x01C0001F  # the last template index of the high range
+LOW_RANGE_TYPES = ("EK-RSA2048", "EK-ECC256")
 DEFAULT_EK_TYPE = "EK-RSA2048"  # used without any certificate (pin or tofu trust)
-_NV_BUFFER_DEFAULT = 512
+_NV_BUFFER_DEFAULT = 512  # if the TPM does not report TPM_PT_NV_BUFFER_MAX
 
 
 @dataclass
@@ -95,7 +96,7 @@ def choose_ek_type(defined: set[int], wanted: str | None = None) -> tuple[int | 
         if index in defined:
             return index, ek_type
         if wanted:
-            if ek_type in ("EK-RSA2048", "EK-ECC256"):
+            if ek_type in LOW_RANGE_TYPES:
                 return None, ek_type
             raise TpmError(f"the TPM holds no {wanted} certificate at NV 0x{index:08x}")
     if wanted:
@@ -103,26 +104,31 @@ def choose_ek_type(defined: set[int], wanted: str | None = None) -> tuple[int | 
     return None, DEFAULT_EK_TYPE
 
 
-def create_ek(ctx, ek_type: str | None = None):
+def create_ek(ctx, ek_type: str | None = None, with_certificate: bool = True):
     """Create the EK from its template; returns (ESYS handle, EkInfo). The caller flushes the handle.
 
-    TPM commands: GetCapability (indices), and if a certificate exists: GetCapability (NV buffer size),
-    NV_ReadPublic ×2 and NV_Read per certificate chunk; then CreatePrimary.
+    TPM commands: GetCapability (indices); with_certificate: GetCapability (NV buffer size), NV_ReadPublic ×2
+    and NV_Read per chunk of the certificate (and of a template or nonce index if the TPM has one); CreatePrimary.
+    Without the certificate (a later run that only uses the EK) nothing but optional template indices is read.
     """
     t = pytss()
     from tpm2_pytss.utils import NoSuchIndex, create_ek_template  # noqa: PLC0415 - node side only
 
     defined = defined_ek_indices(ctx)
     cert_index, ek_type = choose_ek_type(defined, ek_type)
-    chunk = nv_buffer_max(ctx) if cert_index is not None else _NV_BUFFER_DEFAULT
     reads: dict[int, bytes] = {}
+    chunk: list[int] = []
 
     def nv_read_cb(index) -> bytes:
         index = int(index)
         if index not in defined:
             raise NoSuchIndex(index)
+        if index == cert_index and not with_certificate:
+            return b""
         if index not in reads:
-            reads[index] = read_nv(ctx, index, chunk)
+            if not chunk:
+                chunk.append(nv_buffer_max(ctx))
+            reads[index] = read_nv(ctx, index, chunk[0])
         return reads[index]
 
     try:
