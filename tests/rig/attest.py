@@ -89,7 +89,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def prove(tcti: str, trust: Trust, node: str = "pve1", evidence_doc: dict | None = None, answer_tcti: str | None = None):
+def prove(tcti: str, trust: Trust, node: str = "pve1", evidence_doc: dict | None = None, answer_tcti: str = ""):
     """Run the whole proof against the TPM at tcti; returns the Proof (its links) or raises at the broken link.
 
     ``evidence_doc`` replaces what the node would report (an attacker's evidence); ``answer_tcti``
@@ -107,8 +107,6 @@ def tpm_handles(tcti: str) -> tuple[list[int], list[int]]:
     """Persistent objects and NV indices: what a refused proof must leave as it found them."""
     with TpmNode(tcti) as node:
         t = node.t
-        _more, persistent = node.ctx.get_capability(
-            capability=t.TPM2_CAP.HANDLES, prop=0x81000000, property_count=64
-        )
+        _more, persistent = node.ctx.get_capability(capability=t.TPM2_CAP.HANDLES, prop=0x81000000, property_count=64)
         _more, nv = node.ctx.get_capability(capability=t.TPM2_CAP.HANDLES, prop=0x01000000, property_count=64)
         return [int(h) for h in persistent.data.handles], [int(h) for h in nv.data.handles]

@@ -6,6 +6,8 @@ Runs under the venv's tpm2-pytss and Debian's python3-tpm2-pytss 1.2 alike
 (no chain verification here: that is the controller's, test_attest_proof.py).
 """
 
+# ruff: noqa: F811 - the rig's fixtures are imported by name, then requested by the tests
+
 from __future__ import annotations
 
 import secrets
@@ -137,7 +139,8 @@ def test_srk_from_another_tpm_is_refused_by_the_tpm(ek_tpm_pair):
         secrets.token_bytes(32),
         parse_tpm2b_public(doc_b["srk_public"], "SRK").name,
     )
-    answers = answer(a.tcti, {"nonce": b"n", "pcrs": str(PCRS), "credentials": {"srk": {"id_object": blob, "encrypted_secret": seed}}})
+    request = {"nonce": b"n", "pcrs": str(PCRS), "credentials": {"srk": {"id_object": blob, "encrypted_secret": seed}}}
+    answers = answer(a.tcti, request)
     assert "secret" not in answers["srk"]
     assert "refused" in answers["srk"]["error"]
     assert tpm_handles(a.tcti) == before
@@ -158,7 +161,8 @@ def test_software_key_loaded_into_the_genuine_tpm_cannot_activate(ek_tpm):
         fake_area = parse_tpm2b_public(bytes(fake.marshal()), "fake SRK")
         assert fake_area.attributes == real.attributes and fake_area.name != real.name
         loaded = node.ctx.load_external(in_public=fake, hierarchy=t.ESYS_TR.OWNER)
-        blob, seed = make_credential(parse_tpm2b_public(doc["ek_public"], "EK"), secrets.token_bytes(32), fake_area.name)
+        ek_public = parse_tpm2b_public(doc["ek_public"], "EK")
+        blob, seed = make_credential(ek_public, secrets.token_bytes(32), fake_area.name)
         id_object, _ = t.TPM2B_ID_OBJECT.unmarshal(blob)
         enc, _ = t.TPM2B_ENCRYPTED_SECRET.unmarshal(seed)
         session = attestor._endorsement_session()
