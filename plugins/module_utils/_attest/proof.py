@@ -47,6 +47,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     FormatError,
     InputError,
     KeyAttributesError,
+    QuoteError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
@@ -201,8 +202,9 @@ class Proof:
         quote = answers.get("quote") or {}
 
         def quoted() -> str:
-            if not quote:
-                raise AttestationError(f"{self.node} returned no quote", link="quote")
+            if not quote or "attest" not in quote:
+                why = quote.get("error") or "no answer"
+                raise QuoteError(f"{self.node} returned no quote ({why})")
             self.quote = verify_quote(
                 self.evidence.ak,
                 quote["attest"],

@@ -256,8 +256,12 @@ def answer_challenge(attestor: Attestor, request: dict) -> dict:
     for target, cred in sorted(request["credentials"].items()):
         try:
             answers[target] = {"secret": attestor.activate(target, cred["id_object"], cred["encrypted_secret"])}
-        except TpmError as err:
+        except (TpmError, BackendError) as err:
             answers[target] = {"error": str(err)}
-    quote = attestor.quote(bytes(request["nonce"]), PcrSelection.parse(request["pcrs"]))
-    answers["quote"] = {"attest": quote.attest, "signature": quote.signature, "pcr_values": quote.pcr_values}
+    try:
+        quote = attestor.quote(bytes(request["nonce"]), PcrSelection.parse(request["pcrs"]))
+    except (TpmError, BackendError) as err:
+        answers["quote"] = {"error": str(err)}
+    else:
+        answers["quote"] = {"attest": quote.attest, "signature": quote.signature, "pcr_values": quote.pcr_values}
     return answers
