@@ -199,3 +199,67 @@ def test_enrollment_proof_tpm_command_ceilings(counted_ek_tpm):
     over = {k: (len(v), CEILINGS[k], v) for k, v in counts.items() if len(v) > CEILINGS[k]}
     assert not over, f"TPM commands above their ceilings: {over}"
     assert counts["answer"].count("Quote") == 1 and "NV_Read" not in counts["answer"]
+
+
+# -- ironclaw_node state=attested / state=quoted -------------------------------------------------------------
+def module_params(tcti: str, state_dir, **extra) -> dict:
+    params = {"backend": "tpm2", "tcti": tcti, "state_dir": str(state_dir), "lock_timeout": 5.0, "pcrs": None}
+    params.update(extra)
+    return params
+
+
+def test_attested_state_round_trip_with_the_controller(ek_tpm, tmp_path):
+    """The module's base64 interface end to end: evidence, then answers the controller checks link by link."""
+    import base64
+
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import run_attest_state
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.proof import Proof, Trust, parse_evidence
+    from rig.attest import now
+
+    def unb64(text):
+        return base64.b64decode(text) if text is not None else None
+
+    planned = run_attest_state(module_params(ek_tpm.tcti, tmp_path, state="attested"), check_mode=True)
+    assert planned["changed"] and "attestation" not in planned
+    assert AK_HANDLE not in tpm_handles(ek_tpm.tcti)[0]  # check mode created nothing
+    first = run_attest_state(module_params(ek_tpm.tcti, tmp_path, state="attested"), check_mode=False)
+    assert first["changed"] and AK_HANDLE in tpm_handles(ek_tpm.tcti)[0]
+    ev = first["attestation"]
+    doc = {k: unb64(ev[k]) for k in ("ek_certificate", "ek_public", "srk_public", "ak_public")}
+    doc["ek_type"] = ev["ek_type"]
+    proof = Proof(parse_evidence(doc, "pve1"), Trust("tofu"), now())
+    proof.check_identity()
+    assert proof.evidence.srk.name.hex() == ev["srk_name"]
+    challenge = proof.challenge(PCRS)
+    req = challenge.request()
+    creds = {
+        t: {k: base64.b64encode(c[k]).decode() for k in ("id_object", "encrypted_secret")}
+        for t, c in req["credentials"].items()
+    }
+    nonce = base64.b64encode(req["nonce"]).decode()
+    params = module_params(ek_tpm.tcti, tmp_path, state="attested", credentials=creds, nonce=nonce, pcrs=str(PCRS))
+    second = run_attest_state(params, check_mode=False)
+    assert not second["changed"]
+    answers = {t: {"secret": unb64(a["secret"])} for t, a in second["activation"].items()}
+    q = second["quote"]
+    answers["quote"] = {
+        "attest": unb64(q["attest"]),
+        "signature": unb64(q["signature"]),
+        "pcr_values": {k: bytes.fromhex(v) for k, v in q["pcr_values"].items()},
+    }
+    proof.check_answers(challenge, answers)
+    assert all(link.passed for link in proof.links) and len(proof.links) == 6  # tofu: one EK trust link
+
+
+def test_quoted_state_needs_a_nonce_and_the_tpm2_backend(ek_tpm, tmp_path):
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import run_attest_state
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+
+    with pytest.raises(InputError, match="needs nonce"):
+        run_attest_state(module_params(ek_tpm.tcti, tmp_path, state="quoted"), check_mode=False)
+    with pytest.raises(InputError, match="tpm2 backend"):
+        run_attest_state(module_params(ek_tpm.tcti, tmp_path, state="quoted", backend="software"), check_mode=False)
+    evidence(ek_tpm.tcti)
+    params = module_params(ek_tpm.tcti, tmp_path, state="quoted", nonce="bm9uY2Vub25jZQ==", pcrs="sha256:7")
+    quoted = run_attest_state(params, check_mode=False)
+    assert set(quoted["quote"]["pcr_values"]) == {"sha256:7"} and "attestation" not in quoted

@@ -127,6 +127,14 @@ class Attestor:
             raise
         return session
 
+    def ak_present(self) -> bool:
+        if self._ak is not None:
+            return True
+        handle = self.node._lookup(AK_HANDLE)
+        if handle is not None:
+            self.ctx.tr_close(handle)
+        return handle is not None
+
     def ak(self, create: bool = True):
         """The persistent AK (created under the EK and persisted at 0x81000002 the first time)."""
         if self._ak is not None:
@@ -258,6 +266,8 @@ def answer_challenge(attestor: Attestor, request: dict) -> dict:
             answers[target] = {"secret": attestor.activate(target, cred["id_object"], cred["encrypted_secret"])}
         except (TpmError, BackendError) as err:
             answers[target] = {"error": str(err)}
+    if request.get("nonce") is None:  # activation only
+        return answers
     try:
         quote = attestor.quote(bytes(request["nonce"]), PcrSelection.parse(request["pcrs"]))
     except (TpmError, BackendError) as err:
