@@ -66,7 +66,7 @@ ALL_LINKS_CA = [
 ]
 
 
-def refused(exc_info, link: str, proof_links=None) -> str:
+def refused(exc_info, link: str) -> str:
     """The error names the link first, in plain words."""
     err = exc_info.value
     assert isinstance(err, AttestationError)
