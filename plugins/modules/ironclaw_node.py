@@ -14,18 +14,70 @@ description:
     counter at C(0x01c10000) (tpm2), or a node KEK and X25519 enrollment key under O(state_dir) (software).
   - Incrementing the epoch revokes every approval signed for the node; that is done by decommission and migration.
   - With O(pve=true) and O(vmid), also reports that VM as Proxmox VE sees it (read-only).
+  - With O(state=attested) (tpm2 backend), reports the attestation evidence RV(attestation), the EK certificate
+    from NV, the EK public created from its TCG template, the SRK and the attestation key (AK, created under the
+    EK and persisted at C(0x81000002) the first time), answers the controller's O(credentials) with
+    TPM2_ActivateCredential (RV(activation)) and, given O(nonce), quotes O(pcrs) (RV(quote)). The node decides
+    nothing; the controller verifies (docs/attestation.md).
+  - With O(state=quoted), only quotes O(pcrs) with the AK and the controller's O(nonce).
 options:
   state:
     description:
       - C(gathered) only reads. C(present) provisions what is missing and is a no-op on a provisioned node.
+      - C(attested) reports attestation evidence (creating the AK once), answers O(credentials) and quotes
+        with O(nonce). C(quoted) quotes O(pcrs) with O(nonce).
     type: str
     default: gathered
-    choices: [gathered, present]
+    choices: [gathered, present, attested, quoted]
   pcrs:
     description:
       - PCR selection to read, for example C(sha256:0,7); the values and their digest are returned for approvals.
       - Not available with the software backend.
+      - With O(state=attested) or O(state=quoted), the PCRs to quote (default C(sha256:0,7)).
     type: str
+  nonce:
+    description:
+      - Base64 qualifying data for the quote (8 to 64 bytes), drawn fresh by the controller.
+      - Required with O(state=quoted); with O(state=attested), a quote is made only when it is set.
+    type: str
+  credentials:
+    description:
+      - Credentials the controller made (TPM2_MakeCredential) for this node's EK and the SRK or AK name, each
+        answered with TPM2_ActivateCredential. Only with O(state=attested).
+    type: dict
+    suboptions:
+      srk:
+        description: Credential bound to the SRK's name.
+        type: dict
+        suboptions:
+          id_object:
+            description: Base64 marshaled TPM2B_ID_OBJECT.
+            type: str
+            required: true
+          encrypted_secret:
+            description: Base64 marshaled TPM2B_ENCRYPTED_SECRET.
+            type: str
+            required: true
+      ak:
+        description: Credential bound to the AK's name.
+        type: dict
+        suboptions:
+          id_object:
+            description: Base64 marshaled TPM2B_ID_OBJECT.
+            type: str
+            required: true
+          encrypted_secret:
+            description: Base64 marshaled TPM2B_ENCRYPTED_SECRET.
+            type: str
+            required: true
+  ek_type:
+    description:
+      - EK to use (TCG EK Credential Profile names); by default the first whose certificate is in NV, in the order
+        listed, or C(EK-RSA2048) without any certificate.
+      - Credential activation works with the low-range C(EK-RSA2048) and C(EK-ECC256) only.
+    type: str
+    choices: [EK-RSA2048, EK-ECC256, EK-HIGH-RSA2048, EK-HIGH-ECC256, EK-HIGH-ECC384, EK-HIGH-ECC521, EK-HIGH-RSA3072,
+              EK-HIGH-RSA4096]
   pve:
     description:
       - Ask Proxmox VE (C(qm) and C(pvesh) on this node, as root) about the VM O(vmid) and return it as RV(vm).
@@ -55,6 +107,14 @@ EXAMPLES = r"""
   ironclaw.sealed.ironclaw_node:
     pcrs: sha256:7
   register: node
+
+- name: Attestation evidence, answers to the controller's credentials, and a quote
+  ironclaw.sealed.ironclaw_node:
+    state: attested
+    credentials: "{{ challenge.credentials }}"
+    nonce: "{{ challenge.nonce }}"
+    pcrs: sha256:0,7
+  register: attestation
 
 - name: Where is VM 100, and what is its identity?
   ironclaw.sealed.ironclaw_node:
@@ -108,6 +168,49 @@ actions:
   returned: always
   type: list
   elements: str
+attestation:
+  description: Public attestation evidence of the node; nothing secret.
+  returned: when O(state=attested), outside check mode or when the AK exists
+  type: dict
+  contains:
+    ek_type:
+      description: The EK used (TCG EK Credential Profile name).
+      type: str
+      sample: EK-RSA2048
+    ek_cert_index:
+      description: NV index of its certificate, hex; null when the TPM holds none.
+      type: str
+      sample: "0x01c00002"
+    ek_certificate:
+      description: Base64 DER of the EK certificate; null when the TPM holds none.
+      type: str
+    ek_public:
+      description: Base64 TPM2B_PUBLIC of the EK the TPM created from its template.
+      type: str
+    srk_public:
+      description: Base64 TPM2B_PUBLIC of the SRK.
+      type: str
+    srk_name:
+      description: Hex TPM name of the SRK.
+      type: str
+    ak_public:
+      description: Base64 TPM2B_PUBLIC of the AK.
+      type: str
+    ak_name:
+      description: Hex TPM name of the AK.
+      type: str
+activation:
+  description:
+    - Per credential (C(srk), C(ak)), the secret the TPM released (base64), or the TPM's refusal in C(error).
+    - A refusal is reported, not failed; the controller decides.
+  returned: when O(credentials) is set
+  type: dict
+quote:
+  description:
+    - The quote; C(attest) is the TPMS_ATTEST the AK signed, C(signature) a marshaled TPMT_SIGNATURE (both base64),
+      C(pcr_values) the values read right after (hex, keyed C(bank:index)), C(pcrs) the selection. Or C(error).
+  returned: when O(nonce) is set
+  type: dict
 pve_node:
   description: This host's Proxmox VE node name (its hostname up to the first dot, as Proxmox names nodes).
   returned: when O(pve=true) and O(vmid) is set
@@ -148,6 +251,11 @@ vm:
 """
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import ArgumentSpec, node_spec
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import (
+    ATTEST_STATES,
+    EK_TYPE_NAMES,
+    run_attest_state,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox import proxmox_cli
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir
@@ -158,8 +266,24 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs impor
 
 def argument_spec() -> ArgumentSpec:
     return node_spec().update_argspec(
-        state={"type": "str", "default": "gathered", "choices": ["gathered", "present"]},
+        state={"type": "str", "default": "gathered", "choices": ["gathered", "present", *ATTEST_STATES]},
         pcrs={"type": "str"},
+        nonce={"type": "str"},
+        credentials={
+            "type": "dict",
+            "options": {
+                target: {
+                    "type": "dict",
+                    "options": {
+                        "id_object": {"type": "str", "required": True},
+                        # encrypted to the TPM's EK: not a secret (validate-modules asks to say so)
+                        "encrypted_secret": {"type": "str", "required": True, "no_log": False},
+                    },
+                }
+                for target in ("srk", "ak")
+            },
+        },
+        ek_type={"type": "str", "choices": list(EK_TYPE_NAMES)},
         pve={"type": "bool", "default": False},
         vmid={"type": "int"},
     )
@@ -169,6 +293,10 @@ def main():
     module = argument_spec().create_ansible_module()
     p = module.params
     proxmox = {}
+    if p["state"] in ATTEST_STATES:
+        with failing_on_errors(module):
+            result = run_attest_state(p, module.check_mode)
+        module.exit_json(**result)
     with failing_on_errors(module):
         pcrs = PcrSelection.parse(p["pcrs"]) if p["pcrs"] else None
         actions = []

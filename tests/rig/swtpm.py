@@ -103,10 +103,19 @@ class Swtpm:
     ``restart()`` is a reboot: the process ends and a new one starts on the
     same state directory and ports, so PCRs and loaded objects are reset while
     NV indices and persistent objects survive.
+
+    ``manufacture``, if given, is called with the empty state directory before
+    the first start, e.g. ``rig.ekca.EkCa.manufacture`` for a TPM whose EK
+    certificates a test CA signed; without it swtpm starts on a blank state.
     """
 
-    def __init__(self, host: str = HOST, binary: str = "swtpm", state_from: Path | None = None) -> None:
-        """`state_from`: start from a copy of that state directory (a stopped swtpm's), as a TPM that was moved."""
+    def __init__(
+        self, host: str = HOST, binary: str = "swtpm", state_from: Path | None = None, manufacture=None
+    ) -> None:
+        """`state_from`: start from a copy of that state directory (a stopped swtpm's), as a TPM that was moved;
+        `manufacture`: see the class docstring (not with `state_from`)."""
+        if state_from is not None and manufacture is not None:
+            raise RigError("state_from and manufacture exclude each other: a copied state is already manufactured")
         self.host = host
         self.binary = shutil.which(binary) or binary
         self.root = Path(tempfile.mkdtemp(prefix="ironclaw-swtpm-"))
@@ -121,6 +130,12 @@ class Swtpm:
         self._procs: list[subprocess.Popen] = []
         # Safety net for objects that are never closed (interpreter exit, GC).
         self._finalizer = weakref.finalize(self, Swtpm._cleanup, self._procs, self.root)
+        if manufacture is not None:
+            try:
+                manufacture(self.state_dir)
+            except BaseException:
+                self.close()
+                raise
         self.start()
 
     # -- lifecycle ---------------------------------------------------------

@@ -60,6 +60,56 @@ class UntrustedRootError(VerificationError):
     """A trust root that does not chain from the one this side pinned."""
 
 
+class AttestationError(VerificationError):
+    """A link of a node's attestation proof broke (DESIGN §8); ``link`` names it in plain words.
+
+    The message starts with the link, so an operator reading one line knows which step refused.
+    """
+
+    link = "attestation"
+
+    def __init__(self, message: str, link: str | None = None):
+        if link is not None:
+            self.link = link
+        super().__init__(f"{self.link}: FAILED: {message}")
+
+
+class EkChainError(AttestationError):
+    """The EK certificate does not chain to a root in the EK CA directory (or is missing, expired, malformed)."""
+
+    link = "EK certificate chain"
+
+
+class EkPinError(AttestationError):
+    """The EK public does not hash to the node's pinned value (or no pin is set)."""
+
+    link = "EK pin"
+
+
+class EkMismatchError(AttestationError):
+    """The EK the TPM created is not the key its certificate certifies."""
+
+    link = "EK public matches its certificate"
+
+
+class ActivationError(AttestationError):
+    """The TPM did not return the controller's credential secret: the key is not resident next to that EK."""
+
+    link = "SRK activation"
+
+
+class KeyAttributesError(AttestationError):
+    """An SRK or AK public area lacks an attribute that keeps it inside the TPM (fixedTPM, restricted...)."""
+
+    link = "SRK attributes"
+
+
+class QuoteError(AttestationError):
+    """A quote's signature, nonce, PCR selection or PCR digest does not check out."""
+
+    link = "quote"
+
+
 class PlacementError(PolicyError):
     """The signed ledger does not place the VM where an approval or grant would put it."""
 

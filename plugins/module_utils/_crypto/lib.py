@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __all__ = [
     "AESGCM",
+    "CFB",
+    "Cipher",
     "Ed25519PrivateKey",
     "Ed25519PublicKey",
     "HKDF",
@@ -23,21 +25,29 @@ __all__ = [
     "X25519PublicKey",
     "aes_key_unwrap_with_padding",
     "aes_key_wrap_with_padding",
+    "algorithms",
     "decode_dss_signature",
     "ec",
     "encode_dss_signature",
     "hashes",
     "missing",
+    "modes",
+    "padding",
+    "rsa",
     "serialization",
+    "x509",
+    "x509_verification",
 ]
 
 try:
+    from cryptography import x509
     from cryptography.exceptions import InvalidSignature, InvalidTag
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
     from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     from cryptography.hazmat.primitives.keywrap import (
@@ -50,6 +60,7 @@ try:
 except ImportError as exc:
     IMPORT_ERROR = exc
     hashes = serialization = ec = Prehashed = X25519PrivateKey = X25519PublicKey = AESGCM = HKDF = None
+    x509 = padding = rsa = Cipher = algorithms = modes = None
     Ed25519PrivateKey = Ed25519PublicKey = None
     decode_dss_signature = encode_dss_signature = aes_key_wrap_with_padding = aes_key_unwrap_with_padding = None
 
@@ -61,6 +72,20 @@ except ImportError as exc:
 
     class InvalidUnwrap(Exception):
         """Never raised: cryptography is missing and require() stops first."""
+
+
+# AES-CFB (TPM credential and duplication wrappers) moved to cryptography's "decrepit" package in 47.
+try:
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:
+    CFB = modes.CFB if modes is not None else None
+
+# The X.509 path verifier (cryptography 42 and later) runs on the controller only: nodes have
+# Debian's cryptography 38, which has none. Callers check for None and say so.
+try:
+    from cryptography.x509 import verification as x509_verification
+except ImportError:
+    x509_verification = None
 
 
 def missing() -> str | None:
