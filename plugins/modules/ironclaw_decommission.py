@@ -83,7 +83,7 @@ attributes:
     description: A re-run after a finished decommission destroys nothing again and issues no new receipt.
     support: full
 author:
-  - ironclaw.sealed contributors
+  - ironclaw.sealed maintainers (@ironclaw)
 """
 
 EXAMPLES = r"""

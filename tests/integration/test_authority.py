@@ -23,6 +23,8 @@ PCR = 16  # the debug PCR: extendable (and resettable) by anyone, nothing else u
 
 @pytest.fixture
 def lab(tmp_path, playbook_tools):
+    # pytest closes the fixture's generator, which exits the context
+    # pylint: disable-next=contextmanager-generator-missing-cleanup
     with two_nodes(tmp_path) as made:
         yield made
 

@@ -24,6 +24,8 @@ GONE, NEIGHBOUR = 200, 201
 @pytest.fixture
 def lab(tmp_path, playbook_tools):
     """nodeA on a swtpm (Debian's python), nodeB with the software backend, both enrolled."""
+    # pytest closes the fixture's generator, which exits the context
+    # pylint: disable-next=contextmanager-generator-missing-cleanup
     with enrolled_lab(tmp_path, [("nodeA", "tpm2", DEBIAN_PYTHON), ("nodeB", "software", sys.executable)]) as lab:
         yield lab
 

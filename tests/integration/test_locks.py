@@ -32,6 +32,8 @@ def three_nodes(root):
 
 @pytest.fixture
 def lab(tmp_path, playbook_tools):
+    # pytest closes the fixture's generator, which exits the context
+    # pylint: disable-next=contextmanager-generator-missing-cleanup
     with three_nodes(tmp_path) as made:
         yield made
 

@@ -37,6 +37,8 @@ def two_nodes(root):
 
 @pytest.fixture
 def lab(tmp_path, playbook_tools):
+    # pytest closes the fixture's generator, which exits the context
+    # pylint: disable-next=contextmanager-generator-missing-cleanup
     with two_nodes(tmp_path) as made:
         yield made
 
@@ -44,6 +46,8 @@ def lab(tmp_path, playbook_tools):
 @pytest.fixture(scope="module")
 def untouched_lab(tmp_path_factory, playbook_tools):
     """One lab for the refusals: each must leave it exactly as it was."""
+    # pytest closes the fixture's generator, which exits the context
+    # pylint: disable-next=contextmanager-generator-missing-cleanup
     with two_nodes(tmp_path_factory.mktemp("untouched")) as made:
         yield made
 

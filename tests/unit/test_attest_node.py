@@ -23,7 +23,8 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm import ek
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.attest import AK_HANDLE, Attestor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
-from rig.attest import (  # noqa: F401 - fixtures
+# The rig's fixtures are imported for pytest to find.
+from rig.attest import (  # noqa: F401 pylint: disable=unused-import
     PCRS,
     answer,
     counted_ek_tpm,
@@ -154,7 +155,7 @@ def test_software_key_loaded_into_the_genuine_tpm_cannot_activate(ek_tpm):
     with TpmNode(ek_tpm.tcti) as node, Attestor(node) as attestor:
         t = node.t
         real = parse_tpm2b_public(doc["srk_public"], "SRK")
-        fake, _ = t.TPM2B_PUBLIC.unmarshal(doc["srk_public"])
+        fake, _size = t.TPM2B_PUBLIC.unmarshal(doc["srk_public"])
         nums = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
         fake.publicArea.unique.ecc.x = nums.x.to_bytes(32, "big")
         fake.publicArea.unique.ecc.y = nums.y.to_bytes(32, "big")
@@ -163,8 +164,8 @@ def test_software_key_loaded_into_the_genuine_tpm_cannot_activate(ek_tpm):
         loaded = node.ctx.load_external(in_public=fake, hierarchy=t.ESYS_TR.OWNER)
         ek_public = parse_tpm2b_public(doc["ek_public"], "EK")
         blob, seed = make_credential(ek_public, secrets.token_bytes(32), fake_area.name)
-        id_object, _ = t.TPM2B_ID_OBJECT.unmarshal(blob)
-        enc, _ = t.TPM2B_ENCRYPTED_SECRET.unmarshal(seed)
+        id_object, _size = t.TPM2B_ID_OBJECT.unmarshal(blob)
+        enc, _size = t.TPM2B_ENCRYPTED_SECRET.unmarshal(seed)
         session = attestor._endorsement_session()
         with pytest.raises(t.TSS2_Exception):
             node.ctx.activate_credential(

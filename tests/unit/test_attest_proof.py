@@ -35,7 +35,8 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.attest import Attestor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
-from rig.attest import (  # noqa: F401 - fixtures
+# The rig's fixtures are imported for pytest to find.
+from rig.attest import (  # noqa: F401 pylint: disable=unused-import
     PCRS,
     answer,
     ek_ca,
@@ -79,7 +80,7 @@ def with_public(doc: dict, field: str, mutate) -> dict:
     """A copy of the evidence with one TPM2B_PUBLIC changed by mutate(tpm2_pytss TPMT_PUBLIC)."""
     from tpm2_pytss import TPM2B_PUBLIC
 
-    pub, _ = TPM2B_PUBLIC.unmarshal(doc[field])
+    pub, _size = TPM2B_PUBLIC.unmarshal(doc[field])
     mutate(pub.publicArea)
     return {**doc, field: bytes(pub.marshal())}
 

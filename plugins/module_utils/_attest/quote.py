@@ -57,7 +57,7 @@ def _parse_attest(attest: bytes, what: str) -> tuple[int, int, bytes, QuoteInfo,
     if typ != ST_ATTEST_QUOTE:
         return magic, typ, extra, None, {}
     banks: dict[str, tuple[int, ...]] = {}
-    for _ in range(r.u32()):
+    for _index in range(r.u32()):
         alg, size = r.u16(), r.take(1)[0]
         bitmap = r.take(size)
         bank = _BANK_BY_ALG.get(alg, f"0x{alg:04x}")
