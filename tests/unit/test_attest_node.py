@@ -23,7 +23,6 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm import ek
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.attest import AK_HANDLE, Attestor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
-# The rig's fixtures are imported for pytest to find.
 from rig.attest import (  # noqa: F401 pylint: disable=unused-import
     PCRS,
     answer,

@@ -35,7 +35,6 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.attest import Attestor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
-# The rig's fixtures are imported for pytest to find.
 from rig.attest import (  # noqa: F401 pylint: disable=unused-import
     PCRS,
     answer,
