@@ -29,7 +29,11 @@ class ActionModule(IronclawAction):
         holder = Holder.of_process(os.getppid(), playbook, socket.gethostname(), getpass.getuser())
         module_args = dict(self._task.args, holder=dataclasses.asdict(holder))
         # On the store host; in process when that is the controller itself (plugin_utils/store_host).
-        result = store_host.call(self, "ironclaw.sealed.ironclaw_lock", module_args, self._vars, self._task.check_mode)
-        # Where the locks live, so that a later play releases them there (register the result).
-        result["store_host"] = self._task.delegate_to or self._vars.get("inventory_hostname")
+        return store_host.call(self, "ironclaw.sealed.ironclaw_lock", module_args, self._vars, self._task.check_mode)
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        # Where the locks live, so that a later play releases them there (register the result). Set on a failure
+        # too: a release task's delegate_to names it, and Ansible templates delegate_to before its when.
+        result["store_host"] = self._task.delegate_to or (task_vars or {}).get("inventory_hostname")
         return result
