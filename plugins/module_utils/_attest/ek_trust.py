@@ -106,8 +106,8 @@ def verify_chain(cert_der: bytes | None, ca_dir: str, now: datetime, node: str) 
     """SHA-256 fingerprints of the verified chain, EK certificate first; EkChainError naming what broke."""
     if x509_verification is None:
         raise EkChainError(
-            "this Python's cryptography has no X.509 path verifier (42 or later needed); EK certificate chains are "
-            "verified on the controller, never on nodes"
+            "this Python's cryptography has no X.509 path verifier with extension policies (45 or later needed); "
+            "EK certificate chains are verified on the controller, never on nodes"
         )
     if not cert_der:
         raise EkChainError(

@@ -80,10 +80,14 @@ try:
 except ImportError:
     CFB = modes.CFB if modes is not None else None
 
-# The X.509 path verifier (cryptography 42 and later) runs on the controller only: nodes have
-# Debian's cryptography 38, which has none. Callers check for None and say so.
+# The X.509 path verifier runs on the controller only: nodes have Debian's cryptography 38 (none) or 43 (one
+# without extension policies). EK certificates carry no EKU, so the end-entity policy must be permissive, which
+# needs ExtensionPolicy (cryptography 45 and later); with less this is None, and callers say so.
 try:
     from cryptography.x509 import verification as x509_verification
+
+    if not hasattr(x509_verification, "ExtensionPolicy"):
+        x509_verification = None
 except ImportError:
     x509_verification = None
 
