@@ -131,7 +131,9 @@ def check_record(proof: Proof, record: dict | None) -> None:
 
 
 def report(proof: Proof) -> list[dict]:
-    return [{"name": link.name, "passed": link.passed, "line": link.line()} for link in proof.links]
+    return [
+        {"name": link.name, "passed": link.passed, "detail": link.detail, "line": link.line()} for link in proof.links
+    ]
 
 
 class ActionModule(IronclawAction):

@@ -102,13 +102,15 @@ EXAMPLES = r"""
 
 RETURN = r"""
 links:
-  description: Each link checked, in order, with C(name), C(passed) and C(line), a sentence in plain words.
+  description: Each link checked, in order, with C(name), C(passed), C(detail) (what was checked, in plain words)
+    and C(line) (the three in one line).
   returned: always
   type: list
   elements: dict
   sample:
     - name: SRK activation
       passed: true
+      detail: "the TPM holding the EK released the secret bound to the SRK named 000b5a..."
       line: "SRK activation: passed: the TPM holding the EK released the secret bound to the SRK named 000b5a..."
 link:
   description: The name of the link that failed.
