@@ -8,6 +8,7 @@ on a node whose swtpm was manufactured with EK certificates by a test CA."""
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 from playbook_rig import DEBIAN_PYTHON, enrolled_lab
@@ -96,3 +97,14 @@ def test_secrets_never_appear_in_verbose_output(lab, ek_ca):
     for field in ("activation", "secret", "credentials", "id_object", "encrypted_secret", "nonce"):
         assert f'"{field}"' not in output, f"{field} in the output"
     assert B64_32.findall(output) == []
+
+
+def test_software_node_is_refused_with_nothing_changed(tmp_path, playbook_tools):
+    """A software-backend node has no TPM: attest refuses it in plain words instead of proving something else."""
+    # pylint: disable-next=contextmanager-generator-missing-cleanup
+    with enrolled_lab(tmp_path, [("soft1", "software", sys.executable)]) as lab:
+        before = lab.snapshot()
+        done = lab.run("attest", "-l", "soft1", "-e", "ironclaw_ek_trust=tofu", expect_fail=True)
+        assert "software-backend node: it has no TPM, so there is nothing to attest" in done.stdout
+        assert printed(done.stdout) == []
+        assert lab.snapshot() == before
