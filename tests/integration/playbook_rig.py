@@ -357,12 +357,17 @@ class _Template:
 
 @contextlib.contextmanager
 def enrolled_lab(
-    root: Path, nodes: list[tuple[str, str, str]], provision: tuple[tuple[str, int], ...] = (), counted: bool = False
+    root: Path,
+    nodes: list[tuple[str, str, str]],
+    provision: tuple[tuple[str, int], ...] = (),
+    counted: bool = False,
+    manufacture=None,
 ):
     """A lab of (name, backend, python) nodes, a swtpm of its own for each tpm2 node, initialised and enrolled, with
     (node, vmid) VMs provisioned; every swtpm is stopped on the way out. With `counted`, each swtpm sits behind a
     TPM command counter (lab.counters[name]), and the lab is built by the playbooks, so the counters see every
-    command; otherwise it is a copy of a template (lab_from_template)."""
+    command; otherwise it is a copy of a template (lab_from_template). `manufacture` (an EkCa's ``manufacture``)
+    gives every swtpm EK certificates from that CA; its repr (the CA's directory) is part of the template's key."""
 
     def build(lab: Lab) -> None:
         lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
@@ -371,15 +376,16 @@ def enrolled_lab(
             lab.provision(node, vmid)
 
     if counted:
-        with _built_lab(root, nodes, build, counted=True) as lab:
+        with _built_lab(root, nodes, build, counted=True, manufacture=manufacture) as lab:
             yield lab
         return
-    with lab_from_template(root, ("enrolled", tuple(nodes), tuple(provision)), nodes, build) as lab:
+    key = ("enrolled", tuple(nodes), tuple(provision), repr(manufacture) if manufacture is not None else None)
+    with lab_from_template(root, key, nodes, build, manufacture=manufacture) as lab:
         yield lab
 
 
 @contextlib.contextmanager
-def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]], build):
+def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]], build, manufacture=None):
     """A lab of (name, backend, python) nodes on which `build(lab)` ran, for a fixture whose test does not test that
     setup itself. The playbook runs are paid once per process for each `key`: the first lab is built, kept aside
     with its TPMs' states (a template), and later labs are copies of it on swtpms started from those states (new
@@ -388,7 +394,7 @@ def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]],
     that every copy has the same keys and secrets as its template."""
     template = _templates.get(key)
     if template is None or time.monotonic() - template.built > TEMPLATE_MAX_AGE:
-        template = _templates[key] = _make_template(nodes, build)
+        template = _templates[key] = _make_template(nodes, build, manufacture)
     with contextlib.ExitStack() as stack:
         made = []
         for node in template.lab.nodes.values():
@@ -408,10 +414,10 @@ def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]],
         yield lab
 
 
-def _make_template(nodes, build) -> _Template:
+def _make_template(nodes, build, manufacture=None) -> _Template:
     root = Path(tempfile.mkdtemp(prefix="ironclaw-lab-template-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    with _built_lab(root / "lab", nodes, build, keep_tpms=root / "tpm") as lab:
+    with _built_lab(root / "lab", nodes, build, keep_tpms=root / "tpm", manufacture=manufacture) as lab:
         ports = [node.tcti.rsplit("=", 1)[1] for node in lab.nodes.values() if node.tcti]
         needles = [str(lab.root).encode(), *(f"port={port}".encode() for port in ports)]
         for path in sorted(lab.root.rglob("*")):
@@ -424,7 +430,7 @@ def _make_template(nodes, build) -> _Template:
 
 
 @contextlib.contextmanager
-def _built_lab(root: Path, nodes, build, counted: bool = False, keep_tpms: Path | None = None):
+def _built_lab(root: Path, nodes, build, counted: bool = False, keep_tpms: Path | None = None, manufacture=None):
     """A lab built by `build(lab)`; with `keep_tpms`, each swtpm's state is copied there once it has stopped."""
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -432,7 +438,7 @@ def _built_lab(root: Path, nodes, build, counted: bool = False, keep_tpms: Path 
         for name, backend, python in nodes:
             tcti = None
             if backend == "tpm2":
-                tpm = tpms[name] = stack.enter_context(Swtpm())
+                tpm = tpms[name] = stack.enter_context(Swtpm(manufacture=manufacture))
                 tcti = tpm.tcti
                 if counted:
                     counters[name] = stack.enter_context(TpmCommandCounter(tpm))

@@ -1,0 +1,162 @@
+# Copyright: ironclaw.sealed contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ironclaw_attest's action end to end against real swtpms: the node's module is run in process
+(attest_states.run_attest_state, what ironclaw_node state=attested runs), everything else is the action's own code.
+"""
+
+# ruff: noqa: F811 - the rig's fixtures are imported by name, then requested by the tests
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import run_attest_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from rig.attest import ek_ca, ek_tpm, ek_tpm_pair, other_ek_ca  # noqa: F401 pylint: disable=unused-import
+
+pytest.importorskip("ansible", reason="the action plugin runs on the controller (venv)")
+
+from ansible_collections.ironclaw.sealed.plugins.action import ironclaw_attest  # noqa: E402
+
+pytestmark = pytest.mark.swtpm
+
+
+class Run:
+    """The action with its node calls answered by run_attest_state on the swtpm at tcti."""
+
+    def __init__(self, tcti: str, state_dir, **args):
+        self.node_results: list[dict] = []
+        self.action = ironclaw_attest.ActionModule.__new__(ironclaw_attest.ActionModule)
+        self.action._vars = {"inventory_hostname": "pve1"}
+        self.action.run_module = self._node
+        self.args = dict(ironclaw_attest.argument_spec().defaults(), state_dir=str(state_dir), lock_timeout=5.0)
+        self.args.update(args)
+        self.tcti = tcti
+
+    def _node(self, name: str, module_args: dict) -> dict:
+        assert name == "ironclaw.sealed.ironclaw_node"
+        params = {"pcrs": None, "nonce": None, "credentials": None, "ek_type": None, **module_args}
+        params["tcti"] = self.tcti
+        result = run_attest_state(params, check_mode=False)
+        self.node_results.append(result)
+        return result
+
+    def __call__(self) -> dict:
+        return self.action.run_action(self.args)
+
+    def srk_name(self) -> str:
+        return run_attest_state(
+            {
+                "backend": "tpm2",
+                "tcti": self.tcti,
+                "state_dir": self.args["state_dir"],
+                "lock_timeout": 5.0,
+                "state": "attested",
+                "pcrs": None,
+                "nonce": None,
+                "credentials": None,
+                "ek_type": None,
+            },
+            check_mode=False,
+        )["attestation"]["srk_name"]
+
+
+def keys_of(value) -> set:
+    if isinstance(value, dict):
+        return set(value).union(*(keys_of(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(keys_of(v) for v in value))
+    return set()
+
+
+def record_of(srk_name: str) -> dict:
+    return {"node": "pve1", "backend": "tpm2", "srk_name": srk_name, "enrolled_at": "2026-12-01T10:00:00Z"}
+
+
+def test_genuine_tpm_passes_every_link_in_order(ek_tpm, ek_ca, tmp_path):
+    run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
+    run.args["node_record"] = record_of(run.srk_name())
+    result = run()
+    assert not result.get("failed"), result
+    assert [link["name"] for link in result["links"]] == [
+        "EK certificate chain",
+        "EK public matches its certificate",
+        "SRK attributes",
+        "AK attributes",
+        "SRK activation",
+        "AK activation",
+        "quote",
+        ironclaw_attest.RECORD_LINK,
+    ]
+    assert all(link["passed"] and link["line"].startswith(link["name"] + ": passed") for link in result["links"])
+    assert result["record"]["srk_name"] == run.args["node_record"]["srk_name"]
+
+
+def test_secret_leak_activation_answers_absent_from_the_result(ek_tpm, ek_ca, tmp_path):
+    """The node's activation answers are the challenge's secrets: none of them, in any encoding, leaves the action."""
+    run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
+    run.args["node_record"] = record_of(run.srk_name())
+    result = run()
+    answers = [a["secret"] for r in run.node_results if "activation" in r for a in r["activation"].values()]
+    assert len(answers) == 2
+    text = json.dumps(result)
+    for answer in answers:
+        raw = base64.b64decode(answer)
+        for encoding in (answer, raw.hex(), base64.urlsafe_b64encode(raw).decode()):
+            assert encoding not in text
+    assert not keys_of(result) & {"secret", "secrets", "activation", "credentials", "id_object", "encrypted_secret"}
+
+
+def test_replaced_tpm_fails_record_unchanged_naming_both_names(ek_tpm_pair, ek_ca, tmp_path):
+    """The node's state dir kept, its TPM swapped for another genuine one: every TPM link passes, the record fails."""
+    enrolled, replacement = ek_tpm_pair
+    old = Run(enrolled.tcti, tmp_path).srk_name()
+    run = Run(replacement.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir), node_record=record_of(old))
+    new = run.srk_name()
+    result = run()
+    assert result["failed"] and result["link"] == ironclaw_attest.RECORD_LINK
+    assert result["error"] == "AttestationError"
+    assert result["msg"].startswith(f"{ironclaw_attest.RECORD_LINK}: FAILED") and old in result["msg"]
+    assert new in result["msg"]
+    assert [link["passed"] for link in result["links"]] == [True] * 7 + [False]
+    assert "record" not in result
+
+
+def test_missing_record_fails_the_last_link(ek_tpm, ek_ca, tmp_path):
+    result = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir), node_record=None)()
+    assert result["failed"] and result["link"] == ironclaw_attest.RECORD_LINK and "enroll" in result["msg"]
+
+
+def test_other_ca_fails_at_the_chain_and_stops_there(ek_tpm, other_ek_ca, tmp_path):
+    run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(other_ek_ca.trust_dir))
+    run.args["node_record"] = record_of(run.srk_name())
+    run.node_results.clear()
+    result = run()
+    assert result["failed"] and result["error"] == "EkChainError" and result["link"] == "EK certificate chain"
+    assert [(link["name"], link["passed"]) for link in result["links"]] == [("EK certificate chain", False)]
+    assert len(run.node_results) == 1  # no challenge was made for an untrusted EK
+
+
+def test_pin_mode_prints_the_pin_then_passes(ek_tpm, tmp_path):
+    run = Run(ek_tpm.tcti, tmp_path, ek_trust="pin")
+    run.args["node_record"] = record_of(run.srk_name())
+    refused = run()
+    assert refused["failed"] and refused["error"] == "EkPinError"
+    pin = refused["msg"].split("ironclaw_ek_pin: '", 1)[1].split("'", 1)[0]
+    assert pin.startswith("sha256:") and len(pin) == 71
+    run.args["ek_pin"] = pin
+    passed = run()
+    assert not passed.get("failed") and passed["links"][0]["name"] == "EK pin"
+
+
+def test_software_backend_is_refused_before_any_node_call(tmp_path):
+    run = Run("unused", tmp_path, ek_trust="tofu", backend="software")
+    with pytest.raises(InputError, match="nothing to attest"):
+        run()
+    run = Run("unused", tmp_path, ek_trust="tofu", node_record={**record_of("00"), "backend": "software"})
+    with pytest.raises(InputError, match="software-backend"):
+        run()
+    assert run.node_results == []
