@@ -110,3 +110,15 @@ def tpm_handles(tcti: str) -> tuple[list[int], list[int]]:
         _more, persistent = node.ctx.get_capability(capability=t.TPM2_CAP.HANDLES, prop=0x81000000, property_count=64)
         _more, nv = node.ctx.get_capability(capability=t.TPM2_CAP.HANDLES, prop=0x01000000, property_count=64)
         return [int(h) for h in persistent.data.handles], [int(h) for h in nv.data.handles]
+
+
+# The proof's links in order, with the CA trust mode, up to the quote (what Proof.links names).
+PROOF_LINKS_CA = (
+    "EK certificate chain",
+    "EK public matches its certificate",
+    "SRK attributes",
+    "AK attributes",
+    "SRK activation",
+    "AK activation",
+    "quote",
+)

@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import run_attest_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
-from rig.attest import ek_ca, ek_tpm, ek_tpm_pair, other_ek_ca  # noqa: F401 pylint: disable=unused-import
+from rig.attest import PROOF_LINKS_CA, ek_ca, ek_tpm, ek_tpm_pair, other_ek_ca  # noqa: F401 pylint: disable=unused-import
 
 pytest.importorskip("ansible", reason="the action plugin runs on the controller (venv)")
 
@@ -82,13 +82,7 @@ def test_genuine_tpm_passes_every_link_in_order(ek_tpm, ek_ca, tmp_path):
     result = run()
     assert not result.get("failed"), result
     assert [link["name"] for link in result["links"]] == [
-        "EK certificate chain",
-        "EK public matches its certificate",
-        "SRK attributes",
-        "AK attributes",
-        "SRK activation",
-        "AK activation",
-        "quote",
+        *PROOF_LINKS_CA,
         ironclaw_attest.RECORD_LINK,
     ]
     assert all(link["passed"] and link["line"].startswith(link["name"] + ": passed") for link in result["links"])

@@ -37,6 +37,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.attest import
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
 from rig.attest import (  # noqa: F401 pylint: disable=unused-import
     PCRS,
+    PROOF_LINKS_CA,
     answer,
     ek_ca,
     ek_tpm,
@@ -56,15 +57,7 @@ needs_verifier = pytest.mark.skipif(
     reason="this cryptography has no X.509 path verifier with extension policies (Debian's 38 and 43): EK chains "
     "are verified on the controller",
 )
-ALL_LINKS_CA = [
-    "EK certificate chain",
-    "EK public matches its certificate",
-    "SRK attributes",
-    "AK attributes",
-    "SRK activation",
-    "AK activation",
-    "quote",
-]
+ALL_LINKS_CA = list(PROOF_LINKS_CA)
 
 
 def refused(exc_info, link: str) -> str:
