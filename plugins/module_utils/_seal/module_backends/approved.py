@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.base import NodeState
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.base import PlannedState
 
 
 @dataclass
@@ -19,7 +19,7 @@ class ApprovalPlan:
         return {"changed": self.changed, "epoch": self.epoch}
 
 
-class Approved(NodeState):
+class Approved(PlannedState):
     def plan(self) -> ApprovalPlan:
         return ApprovalPlan(**engine.plan_approval(self.backend, self.vm, self.approval))
 

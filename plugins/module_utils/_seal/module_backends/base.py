@@ -4,14 +4,16 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import approval_from_dict
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir, vm_locks
 
 
-class NodeState:
+class NodeState(ABC):
     """One state on one VM. `params` are the module's (validated), `proxmox` returns the node's Proxmox adapter
-    when a state asks Proxmox. Subclasses implement plan() and apply(plan); a plan has .changed and .result()."""
+    when a state asks Proxmox. Subclasses implement plan_and_apply(); most do it through PlannedState."""
 
     def __init__(self, params: dict, check_mode: bool, proxmox=None):
         self.params = params
@@ -22,12 +24,6 @@ class NodeState:
         self.approval = approval_from_dict(given, "approval") if given is not None else None
         self.backend = None
 
-    def plan(self):
-        raise NotImplementedError
-
-    def apply(self, plan) -> dict:
-        raise NotImplementedError
-
     def run(self) -> dict:
         p = self.params
         with (
@@ -35,6 +31,23 @@ class NodeState:
             vm_locks(p, self.check_mode),
         ):
             return self.plan_and_apply()
+
+    @abstractmethod
+    def plan_and_apply(self) -> dict:
+        """Under the backend and the VM's locks: the state's result (in check mode, what it would do)."""
+
+
+class PlannedState(NodeState):
+    """A state with a pure plan() (what must change; check mode returns it) and apply(plan) (the change); a plan
+    has .changed and .result()."""
+
+    @abstractmethod
+    def plan(self):
+        """What must change, without changing anything."""
+
+    @abstractmethod
+    def apply(self, plan) -> dict:
+        """Make the planned change and return the state's result."""
 
     def plan_and_apply(self) -> dict:
         plan = self.plan()

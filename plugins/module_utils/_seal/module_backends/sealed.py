@@ -10,7 +10,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.base import NodeState
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.base import PlannedState
 
 
 @dataclass
@@ -29,7 +29,7 @@ class KeyslotToCreate:
         }
 
 
-class Sealed(NodeState):
+class Sealed(PlannedState):
     def __init__(self, params: dict, check_mode: bool, proxmox=None):
         super().__init__(params, check_mode, proxmox)
         self.policy = parse_policy(params["policy"])

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.base import NodeState
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.base import PlannedState
 
 
-class Unsealed(NodeState):
+class Unsealed(PlannedState):
     def plan(self) -> engine.UnsealPlan:
         p = self.params
         return engine.plan_unseal(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
-from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.base import NodeState
+from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.base import PlannedState
 
 
 @dataclass
@@ -34,7 +34,7 @@ def failure(vmid: int, blobs: list[dict], failed: list[str]) -> Exception | None
     return exc
 
 
-class Verified(NodeState):
+class Verified(PlannedState):
     def plan(self) -> Verification:
         checked = engine.verify(self.backend, self.vm, self.approval)
         refusal = failure(self.vm.vmid, checked["blobs"], checked["failed"])
