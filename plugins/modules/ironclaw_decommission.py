@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: ironclaw_decommission
 short_description: The controller's steps of a decommission, each one task on the store host
-version_added: 0.3.0
+version_added: 0.1.0
 description:
   - The decommission playbook (and the destroy role's C(plan), C(preflight) and C(finish) entry points) are calls of
     this action, one per step, delegated to the store host. Each step decides on the controller through the

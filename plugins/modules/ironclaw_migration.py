@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: ironclaw_migration
 short_description: Migrate the sealed state of VMs between nodes, one step over every VM of the run
-version_added: 0.3.0
+version_added: 0.1.0
 description:
   - The migrate playbook is a few calls of this action, one per step. Each step reads what it needs once, decides on
     the controller through the collection's authority rules (grants and approvals are signed there, policy keys

@@ -127,3 +127,17 @@ def test_merge_keeps_both_sides_rules():
     assert merged.required_by == {"b": ("a",)}
     assert not merged.supports_check_mode
     assert set(merged.argument_spec) == {"a", "b"}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_version_added_is_not_newer_than_the_collection(module):
+    """Nothing is released yet: a module cannot claim a version the collection has not reached (galaxy.yml)."""
+    galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text(encoding="utf-8"))
+    doc = yaml.safe_load(importlib.import_module(f"{PACKAGE}.modules.{module}").DOCUMENTATION)
+
+    def parts(version) -> tuple[int, ...]:
+        return tuple(int(p) for p in str(version).split("."))
+
+    assert parts(doc["version_added"]) <= parts(galaxy["version"]), (
+        f"{module}: version_added {doc['version_added']} is newer than the collection's {galaxy['version']}"
+    )
