@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from nodelab import network
+from nodelab.container import ContainerNode, lab_containers, remove_containers
 from nodelab.keys import ensure_keypair, write_private
 from nodelab.node import Node
 from nodelab.settings import (
@@ -91,16 +92,23 @@ class Lab:
                 f"(unshare --net --mount --uts: {probe.stderr.strip()})"
             )
 
-    def up(self, count: int, debian13: frozenset[int] = frozenset()) -> dict:
+    def up(self, count: int, debian13: frozenset[int] = frozenset(), podman: bool = False) -> dict:
         """Bring up pve1..pve<count>; the nodes numbered in `debian13` run from a Debian 13 root
-        (scripts/debian-root), the others from the host's own system."""
+        (scripts/debian-root), the others from the host's own system. With `podman` every node is a container
+        (nodelab.container) of a Debian 12 or, for the nodes in `debian13`, a Debian 13 image."""
         if not 1 <= count <= MAX_NODES:
             raise LabError(f"the number of nodes must be from 1 to {MAX_NODES}, got {count}")
         beyond = sorted(index for index in debian13 if not 1 <= index <= count)
         if beyond:
             raise LabError(f"--debian13 names nodes the lab does not have: {', '.join(f'pve{i}' for i in beyond)}")
         self.preflight()
-        trixie = debian_root() if debian13 else None
+        if podman and not shutil.which("podman"):
+            raise LabError("lab up --podman needs podman (Debian package podman): run scripts/bootstrap")
+        trixie = debian_root() if debian13 and not podman else None
+        images = {}
+        if podman:
+            wanted = {"trixie" if index in debian13 else "bookworm" for index in range(1, count + 1)}
+            images = {suite: (debian_image(suite), debian_root(suite)) for suite in sorted(wanted)}
         started = time.monotonic()
         settings = self.settings
         for path in (settings.root, settings.nodes_dir, settings.self_dir, settings.shared_dir, settings.etc_pve):
@@ -118,7 +126,13 @@ class Lab:
                 node.destroy()
                 shutil.rmtree(settings.etc_pve / "nodes" / node.name, ignore_errors=True)
                 removed.append(node.name)
-        nodes = [Node(settings, index, trixie if index in debian13 else None) for index in range(1, count + 1)]
+        if podman:
+            nodes = [
+                ContainerNode(settings, index, *images["trixie" if index in debian13 else "bookworm"])
+                for index in range(1, count + 1)
+            ]
+        else:
+            nodes = [Node(settings, index, trixie if index in debian13 else None) for index in range(1, count + 1)]
         for node in nodes:
             node.prepare_dirs()
         self._write_keys(nodes, controller_public)
@@ -228,6 +242,10 @@ class Lab:
         """Remove everything of this instance, recorded or not; returns what was removed."""
         settings = self.settings
         removed = []
+        containers = lab_containers(settings) if shutil.which("podman") else []
+        if containers:
+            remove_containers(containers)
+            removed += [f"container {name}" for name in containers]
         for name in network.netns_names(settings.prefix):
             network.delete_netns(name)
             removed.append(f"network namespace {name}")
@@ -264,7 +282,7 @@ class Lab:
             checks = [node.holder_alive(), node.swtpm_alive(), node.sshd_alive(), _port_open(node.address, 22)]
             healthy = healthy and all(checks)
             cells = ["up" if ok else "DOWN" for ok in checks]
-            root = node.recorded_root or "host"
+            root = node.record().get("image") or node.recorded_root or "host"
             lines.append(
                 f"{node.name:<6} {node.address:<15} {cells[0]:<10} {cells[1]:<6} {cells[2]:<6} {cells[3]:<4} {root}"
             )
@@ -311,18 +329,28 @@ class Lab:
         return "\n".join(lines) + "\n"
 
 
-def debian_root() -> Path:
-    """The Debian 13 root scripts/debian-root builds (cached under the checkout's .build/), built if needed."""
-    proc = run([str(DEBIAN_ROOT), "build"], check=False, timeout=DEBIAN_ROOT_TIMEOUT)
+def debian_root(suite: str = "trixie") -> Path:
+    """The Debian root scripts/debian-root builds (cached under the checkout's .build/), built if needed."""
+    env = {**os.environ, "DEBIAN_ROOT_SUITE": suite}
+    proc = run([str(DEBIAN_ROOT), "build"], check=False, timeout=DEBIAN_ROOT_TIMEOUT, env=env)
     root = Path(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
     if proc.returncode != 0 or root is None or not (root / "usr" / "sbin" / "sshd").exists():
         raise LabError(f"scripts/debian-root build failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return root
 
 
+def debian_image(suite: str) -> str:
+    """That root as a podman image (scripts/debian-root image), imported if needed."""
+    env = {**os.environ, "DEBIAN_ROOT_SUITE": suite}
+    proc = run([str(DEBIAN_ROOT), "image"], check=False, timeout=DEBIAN_ROOT_TIMEOUT, env=env)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise LabError(f"scripts/debian-root image ({suite}) failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def _release(node: Node) -> str:
     """The Debian release a node runs (its root's, or the host's), as /etc/debian_version says."""
-    base = node.root or Path("/")
+    base = getattr(node, "root_dir", None) or node.root or Path("/")
     try:
         return (base / "etc" / "debian_version").read_text().strip()
     except OSError:

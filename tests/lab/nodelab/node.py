@@ -210,6 +210,9 @@ class Node:
 
     def stop(self) -> None:
         """End the node's processes and remove its network namespace; its files stay."""
+        if self.record().get("image"):
+            # A container node (nodelab.container), seen from a plain Node (lab up with fewer nodes).
+            subprocess.run(["podman", "rm", "--force", "--time", "0", self.netns], capture_output=True, check=False)
         network.delete_netns(self.netns)
         # A holder whose namespace is already gone: its command line names the node's dir (a recorded
         # pid alone could belong to another process by now).
