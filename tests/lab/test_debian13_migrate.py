@@ -13,7 +13,9 @@ A lab instance of its own (iclabp, 10.213.9.0/24, 2 nodes: pve1 Debian 12, pve2 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,8 +51,11 @@ def rig(tmp_path_factory):
     if lab_unavailable() is None:
         # The root and the ansible-core venv, built (or found in .build/) before the lab comes up: from an empty
         # cache about 30 s and 20 s.
+        # Its wheels come through the pip of the python running the tests (the venv's: scripts/debian-root runs
+        # the first python3 on PATH).
         argv = [str(DEBIAN_ROOT), "ansible", "ansible", "--version"]
-        build = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        build = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=env)
         assert build.returncode == 0, f"scripts/debian-root ansible: exit {build.returncode}\n{build.stderr[-3000:]}"
         assert build.stdout.startswith("ansible [core 2.21."), build.stdout
     root = tmp_path_factory.mktemp("debian13")
