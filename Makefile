@@ -127,10 +127,12 @@ integration: | $(VENV_STAMP)
 	if [ $$rc -eq 5 ]; then echo "integration: no tests collected yet"; exit 0; fi; \
 	exit $$rc
 
-# The Molecule scenarios (extensions/molecule) on a node lab of their own (instance iclabm, see
-# extensions/molecule/config.yml): the default scenario brings it up and down, seal and seal_paramiko run
-# init, enroll, provision and verify over OpenSSH and over paramiko, twice (idempotence); decommission and
-# migration retire and move VMs (extensions/molecule/README.md). About 5 minutes.
+# The Molecule scenarios (extensions/molecule) on podman container nodes of their own (instance iclabm, see
+# extensions/molecule/config.yml): pve1 and pve3 from a Debian 12 image, pve2 from a Debian 13 image, both
+# imported from roots scripts/debian-root builds from Debian's packages (cached under .build/debian-root; about
+# a minute from an empty cache). The default scenario brings them up and down, seal and seal_paramiko run
+# init, enroll, provision and verify over OpenSSH and over paramiko, twice (idempotence); decommission retires
+# VMs on the Debian 13 node and migration moves one from Debian 12 to 13 (extensions/molecule/README.md).
 # Molecule's state lives in $(MOLECULE_DIR), fresh for each run. Like the lab tests, skipped (saying why)
 # without root or network namespaces; any failure fails.
 MOLECULE_DIR := $(abspath .build/molecule)

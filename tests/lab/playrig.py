@@ -17,14 +17,22 @@ from labrig import LabInstance, lab_unavailable
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = REPO / ".build" / "collections"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-ANSIBLE = Path(sys.executable).parent / "ansible"
 PLAYBOOK_TIMEOUT = 180
 
 
 @contextlib.contextmanager
-def enrolled_lab(instance: tuple[str, str], nodes: int, vms: dict[int, tuple[int, str]], root: Path):
+def enrolled_lab(
+    instance: tuple[str, str],
+    nodes: int,
+    vms: dict[int, tuple[int, str]],
+    root: Path,
+    debian13: str = "",
+    rig_class: type[Rig] | None = None,
+):
     """A node lab of its own (instance name, network) with `nodes` nodes, the VMs created in the Proxmox simulator
     ({vmid: (node number, uuid)}), the controller initialised and every node enrolled; taken down afterwards.
+    `debian13` names the nodes that run from a Debian 13 root (``lab up --debian13``, e.g. "2" or "2,3");
+    `rig_class` (a Rig) runs the playbooks another way.
     Skips, saying why, where the lab cannot run."""
     reason = lab_unavailable()
     if reason:
@@ -33,11 +41,11 @@ def enrolled_lab(instance: tuple[str, str], nodes: int, vms: dict[int, tuple[int
         pytest.skip(f"{ANSIBLE_PLAYBOOK} not found: run the tests with the venv's python (make bootstrap)")
     lab = LabInstance(*instance)
     lab.cli("down")
-    lab.cli("up", str(nodes))
+    lab.cli("up", str(nodes), *(["--debian13", debian13] if debian13 else []))
     try:
         for vmid, (node, uuid) in vms.items():
             lab.qm(node, "create", str(vmid), "--smbios1", f"uuid={uuid}")
-        rig = Rig(lab, root)
+        rig = (rig_class or Rig)(lab, root)
         rig.run("init")
         rig.run("enroll")
         yield rig
@@ -70,8 +78,12 @@ class Rig:
             TSS2_LOG="all+NONE",
         )
 
+    def command(self, tool: str) -> list[str]:
+        """How to start ansible-playbook or ansible: the venv's (the controller's ansible-core)."""
+        return [str(ANSIBLE_PLAYBOOK.parent / tool)]
+
     def run(self, playbook: str, *args: str, fail: bool = False) -> str:
-        argv = [str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), f"ironclaw.sealed.{playbook}"]
+        argv = [*self.command("ansible-playbook"), "-i", str(self.inventory), f"ironclaw.sealed.{playbook}"]
         argv += ["-e", f"ironclaw_controller_dir={self.controller_dir}", *args]
         proc = subprocess.run(
             argv, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False
@@ -94,7 +106,7 @@ class Rig:
         args["cluster"] = "{{ ironclaw_cluster }}"  # the cached manifest is checked first (A9)
         module = ["-m", "ironclaw.sealed.ironclaw_seal", "-a", json.dumps(args)]
         proc = subprocess.run(
-            [str(ANSIBLE), node, "-i", str(self.inventory), *module],
+            [*self.command("ansible"), node, "-i", str(self.inventory), *module],
             env=self.env,
             cwd=self.root,
             capture_output=True,

@@ -21,6 +21,16 @@ def _count(text: str) -> int:
     return int(match[1])
 
 
+def _nodes(text: str) -> frozenset[int]:
+    found = set()
+    for part in filter(None, text.split(",")):
+        match = re.fullmatch(r"(?:pve)?([1-9][0-9]*)", part.strip())
+        if not match:
+            raise argparse.ArgumentTypeError(f"expected nodes such as pve2 or 2,3, got {text!r}")
+        found.add(int(match[1]))
+    return frozenset(found)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="lab",
@@ -31,6 +41,20 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="bring up N nodes pve1..pveN (default 3); again: repair, add or remove nodes")
     up.add_argument("nodes", nargs="?", type=_count, default=DEFAULT_NODES, metavar="N")
+    up.add_argument(
+        "--debian13",
+        type=_nodes,
+        default=frozenset(),
+        metavar="NODES",
+        help="these nodes (pve2 or 2,3) run from a Debian 13 (PVE 9) root built by scripts/debian-root; the others, "
+        "and all nodes when it is left out, from the host's system (a running node whose root changes is restarted)",
+    )
+    up.add_argument(
+        "--podman",
+        action="store_true",
+        help="every node is a podman container of a Debian 12 image (Debian 13 for the --debian13 nodes), built "
+        "from Debian's packages by scripts/debian-root image; the network is the lab's, as for namespace nodes",
+    )
     commands.add_parser("down", help="remove every namespace, process, mount, link and file of the lab")
     commands.add_parser("status", help="show the nodes and whether their namespaces, swtpm and sshd run")
     commands.add_parser("inventory", help="print an Ansible inventory (YAML) of the nodes")
@@ -42,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lab = Lab(Settings.from_env())
         if args.command == "up":
-            report = lab.up(args.nodes)
+            report = lab.up(args.nodes, args.debian13, args.podman)
             for name, started in report["started"].items():
                 print(f"{name}: {'started ' + ', '.join(started) if started else 'up'}")
             for name in report["removed"]:

@@ -9,13 +9,16 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 from nodelab import network
+from nodelab.container import ContainerNode, lab_containers, remove_containers
 from nodelab.keys import ensure_keypair, write_private
 from nodelab.node import Node
 from nodelab.settings import (
     BASE_DIR,
     CLUSTER,
+    LAB_DIR,
     MAX_NODES,
     NODE_PYTHON,
     PRIVATE_DIRS,
@@ -27,6 +30,9 @@ from nodelab.settings import (
 )
 from nodelab.system import LabError, kill_all, mounts_under, processes_mentioning, run
 
+DEBIAN_ROOT = LAB_DIR.parent.parent / "scripts" / "debian-root"
+# An empty cache: mmdebstrap downloads and unpacks about 150 packages (about 30 s).
+DEBIAN_ROOT_TIMEOUT = 600
 # Host directories the lab may have to create as mount points; recorded so the last `lab down` removes them.
 HOST_DIRS_RECORD = BASE_DIR / "host-dirs.json"
 SSH_READY_TIMEOUT = 10.0
@@ -86,10 +92,23 @@ class Lab:
                 f"(unshare --net --mount --uts: {probe.stderr.strip()})"
             )
 
-    def up(self, count: int) -> dict:
+    def up(self, count: int, debian13: frozenset[int] = frozenset(), podman: bool = False) -> dict:
+        """Bring up pve1..pve<count>; the nodes numbered in `debian13` run from a Debian 13 root
+        (scripts/debian-root), the others from the host's own system. With `podman` every node is a container
+        (nodelab.container) of a Debian 12 or, for the nodes in `debian13`, a Debian 13 image."""
         if not 1 <= count <= MAX_NODES:
             raise LabError(f"the number of nodes must be from 1 to {MAX_NODES}, got {count}")
+        beyond = sorted(index for index in debian13 if not 1 <= index <= count)
+        if beyond:
+            raise LabError(f"--debian13 names nodes the lab does not have: {', '.join(f'pve{i}' for i in beyond)}")
         self.preflight()
+        if podman and not shutil.which("podman"):
+            raise LabError("lab up --podman needs podman (Debian package podman): run scripts/bootstrap")
+        trixie = debian_root() if debian13 and not podman else None
+        images = {}
+        if podman:
+            wanted = {"trixie" if index in debian13 else "bookworm" for index in range(1, count + 1)}
+            images = {suite: (debian_image(suite), debian_root(suite)) for suite in sorted(wanted)}
         started = time.monotonic()
         settings = self.settings
         for path in (settings.root, settings.nodes_dir, settings.self_dir, settings.shared_dir, settings.etc_pve):
@@ -107,7 +126,13 @@ class Lab:
                 node.destroy()
                 shutil.rmtree(settings.etc_pve / "nodes" / node.name, ignore_errors=True)
                 removed.append(node.name)
-        nodes = [Node(settings, index) for index in range(1, count + 1)]
+        if podman:
+            nodes = [
+                ContainerNode(settings, index, *images["trixie" if index in debian13 else "bookworm"])
+                for index in range(1, count + 1)
+            ]
+        else:
+            nodes = [Node(settings, index, trixie if index in debian13 else None) for index in range(1, count + 1)]
         for node in nodes:
             node.prepare_dirs()
         self._write_keys(nodes, controller_public)
@@ -123,7 +148,9 @@ class Lab:
             "cluster": CLUSTER,
             "controller_key": str(controller_key),
             "known_hosts": str(settings.controller_dir / "known_hosts"),
-            "nodes": {node.name: {"address": node.address, "netns": node.netns} for node in nodes},
+            "nodes": {
+                node.name: {"address": node.address, "netns": node.netns, "debian": _release(node)} for node in nodes
+            },
         }
         write_private(settings.state_file, json.dumps(state, indent=2) + "\n", 0o644)
         return {"removed": removed, "started": changes, "seconds": round(time.monotonic() - started, 2)}
@@ -215,6 +242,10 @@ class Lab:
         """Remove everything of this instance, recorded or not; returns what was removed."""
         settings = self.settings
         removed = []
+        containers = lab_containers(settings) if shutil.which("podman") else []
+        if containers:
+            remove_containers(containers)
+            removed += [f"container {name}" for name in containers]
         for name in network.netns_names(settings.prefix):
             network.delete_netns(name)
             removed.append(f"network namespace {name}")
@@ -244,14 +275,17 @@ class Lab:
         lines = [
             f"lab {settings.instance}: bridge {settings.bridge} {settings.host_address}/{settings.subnet.prefixlen}, "
             f"state in {settings.root}",
-            f"{'node':<6} {'address':<15} {'namespaces':<10} {'swtpm':<6} {'sshd':<6} ssh",
+            f"{'node':<6} {'address':<15} {'namespaces':<10} {'swtpm':<6} {'sshd':<6} {'ssh':<4} root",
         ]
         healthy = self.is_up()
         for node in nodes:
             checks = [node.holder_alive(), node.swtpm_alive(), node.sshd_alive(), _port_open(node.address, 22)]
             healthy = healthy and all(checks)
             cells = ["up" if ok else "DOWN" for ok in checks]
-            lines.append(f"{node.name:<6} {node.address:<15} {cells[0]:<10} {cells[1]:<6} {cells[2]:<6} {cells[3]}")
+            root = node.record().get("image") or node.recorded_root or "host"
+            lines.append(
+                f"{node.name:<6} {node.address:<15} {cells[0]:<10} {cells[1]:<6} {cells[2]:<6} {cells[3]:<4} {root}"
+            )
         stray = sorted(set(namespaces) - {node.netns for node in nodes})
         if stray:
             healthy = False
@@ -278,6 +312,8 @@ class Lab:
         ]
         for name, node in state["nodes"].items():
             lines += [f"        {name}:", f"          ansible_host: {node['address']}"]
+            # What /etc/debian_version says on the node (12.x: the host's Debian 12, 13.x: a Debian 13 root).
+            lines.append(f"          ironclaw_lab_debian: {json.dumps(node.get('debian', 'unknown'))}")
         variables = {
             "ansible_user": "root",
             "ansible_ssh_private_key_file": state["controller_key"],
@@ -291,6 +327,34 @@ class Lab:
         # JSON scalars are YAML scalars: strings come out quoted, booleans as true/false.
         lines += [f"        {key}: {json.dumps(value)}" for key, value in variables.items()]
         return "\n".join(lines) + "\n"
+
+
+def debian_root(suite: str = "trixie") -> Path:
+    """The Debian root scripts/debian-root builds (cached under the checkout's .build/), built if needed."""
+    env = {**os.environ, "DEBIAN_ROOT_SUITE": suite}
+    proc = run([str(DEBIAN_ROOT), "build"], check=False, timeout=DEBIAN_ROOT_TIMEOUT, env=env)
+    root = Path(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
+    if proc.returncode != 0 or root is None or not (root / "usr" / "sbin" / "sshd").exists():
+        raise LabError(f"scripts/debian-root build failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return root
+
+
+def debian_image(suite: str) -> str:
+    """That root as a podman image (scripts/debian-root image), imported if needed."""
+    env = {**os.environ, "DEBIAN_ROOT_SUITE": suite}
+    proc = run([str(DEBIAN_ROOT), "image"], check=False, timeout=DEBIAN_ROOT_TIMEOUT, env=env)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise LabError(f"scripts/debian-root image ({suite}) failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def _release(node: Node) -> str:
+    """The Debian release a node runs (its root's, or the host's), as /etc/debian_version says."""
+    base = getattr(node, "root_dir", None) or node.root or Path("/")
+    try:
+        return (base / "etc" / "debian_version").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 _QUIET = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}

@@ -11,6 +11,13 @@ what an SSH session sees is the node's view:
   /run/qemu-server (bind mounts from its state dir);
 - /etc/pve bound to the one directory all nodes share;
 - the Proxmox CLI simulator as /usr/local/sbin/{qm,pvesh} (read-only).
+
+A node given a Debian root (``lab up --debian13``) runs from it: the holder
+mounts an overlay of that root (its writes go to the node's state dir, the
+cached root is never written), with /proc, /dev, /sys, a fresh /run and /tmp,
+and the mounts above inside it, and chroots into it before it sleeps;
+``nsenter --root --wd`` puts every process of the node there, so its sshd,
+swtpm, python3 and Python packages are that release's.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 from nodelab import network
 from nodelab.keys import ensure_keypair
 from nodelab.settings import (
+    LAB_DIR,
     NODE_PYTHON,
     PRIVATE_DIRS,
     SHARED_PVE_DIR,
@@ -67,8 +75,10 @@ for port in map(int, sys.argv[2:]):
 
 
 class Node:
-    def __init__(self, settings: Settings, index: int):
+    def __init__(self, settings: Settings, index: int, root: Path | None = None):
         self.settings = settings
+        # The Debian root the node runs from (None: the host's own).
+        self.root = root
         self.index = index
         self.name = node_name(index)
         self.address = settings.node_address(index)
@@ -161,6 +171,11 @@ class Node:
         """The holder runs and still holds the namespace that has the node's name."""
         return self.in_node(self.holder_pid)
 
+    @property
+    def recorded_root(self) -> str | None:
+        """The Debian root the running node was started from (None: the host's)."""
+        return self.record().get("root")
+
     def sshd_alive(self) -> bool:
         return self.in_node(self.sshd_pid)
 
@@ -169,14 +184,18 @@ class Node:
 
     def nsenter(self, argv: list[str]) -> list[str]:
         """`argv` run inside the node's network, mount and UTS namespaces."""
-        return ["nsenter", "-t", str(self.holder_pid), "--net", "--mount", "--uts", "--", *argv]
+        argv = ["--", *argv]
+        if self.recorded_root:
+            argv = ["--root", "--wd", *argv]
+        return ["nsenter", "-t", str(self.holder_pid), "--net", "--mount", "--uts", *argv]
 
     # -- lifecycle ---------------------------------------------------------
     def ensure(self) -> list[str]:
         """Bring the node up, or repair what is missing; returns what was (re)started."""
         self.prepare_dirs()
         started = []
-        if not self.holder_alive():
+        wanted_root = str(self.root) if self.root else None
+        if not self.holder_alive() or self.recorded_root != wanted_root:
             self.stop()
             network.create_node_network(self.settings, self.name, self.address)
             self._start_holder()
@@ -191,6 +210,9 @@ class Node:
 
     def stop(self) -> None:
         """End the node's processes and remove its network namespace; its files stay."""
+        if self.record().get("image"):
+            # A container node (nodelab.container), seen from a plain Node (lab up with fewer nodes).
+            subprocess.run(["podman", "rm", "--force", "--time", "0", self.netns], capture_output=True, check=False)
         network.delete_netns(self.netns)
         # A holder whose namespace is already gone: its command line names the node's dir (a recorded
         # pid alone could belong to another process by now).
@@ -214,10 +236,17 @@ class Node:
             # Hide every other node's state dir and the controller's keys from this node.
             f"mount -t tmpfs -o size=64k,mode=0755 {settings.instance}-hidden {q(settings.nodes_dir)}",
             f"mount -t tmpfs -o size=64k,mode=0755 {settings.instance}-hidden {q(settings.controller_dir)}",
-            f": > {q(inner / 'run' / 'holder.ready')}",
-            # The holder's command line names the node's dir, so `lab down` finds it even without records.
-            f"exec -a {q(f'{settings.instance}-holder {self.dir}')} sleep infinity",
         ]
+        # The holder's command line names the node's dir, so `lab down` finds it even without records.
+        name = q(f"{settings.instance}-holder {self.dir}")
+        if self.root:
+            commands += self._root_mounts()
+            commands += [
+                f": > {q(inner / 'run' / 'holder.ready')}",
+                f"exec chroot {q(inner / 'rootfs')} /bin/bash -c 'exec -a \"$0\" sleep infinity' {name}",
+            ]
+        else:
+            commands += [f": > {q(inner / 'run' / 'holder.ready')}", f"exec -a {name} sleep infinity"]
         log = self.dir / "run" / "holder.log"
         ready = self.dir / "run" / "holder.ready"
         ready.unlink(missing_ok=True)
@@ -225,9 +254,48 @@ class Node:
         argv += ["/bin/bash", "-c", "\n".join(commands)]
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        self.record_path.write_text(json.dumps({"index": self.index, "address": self.address, "holder_pid": proc.pid}))
+        record = {"index": self.index, "address": self.address, "holder_pid": proc.pid}
+        record["root"] = str(self.root) if self.root else None
+        self.record_path.write_text(json.dumps(record))
         if not wait_until(lambda: ready.exists() or proc.poll() is not None, START_TIMEOUT) or not ready.exists():
             raise LabError(f"node {self.name}: its namespaces could not be set up:\n{log.read_text().strip()}")
+
+    def _root_mounts(self) -> list[str]:
+        """Holder commands (after the host-view mounts) that build the node's view of its Debian root at
+        <self>/rootfs: an overlay whose writes land in the node's state dir, the kernel's file systems, a fresh
+        /run and /tmp, and the node's own mounts. Other nodes' and the controller's dirs are not in it at all."""
+        settings = self.settings
+        inner = self.inner_dir
+        new = inner / "rootfs"
+        upper, work = inner / "overlay" / "upper", inner / "overlay" / "work"
+        commands = [
+            # Each start begins from the cached root as it is (the node's state lives in its private dirs).
+            f"rm -rf {q(inner / 'overlay')}",
+            f"mkdir -p {q(new)} {q(upper)} {q(work)}",
+            f"mount -t overlay -o lowerdir={q(self.root)},upperdir={q(upper)},workdir={q(work)} "
+            f"{settings.instance}-root {q(new)}",
+            f"mount -t proc proc {q(new / 'proc')}",
+            f"mount --rbind /dev {q(new / 'dev')}",
+            f"mount --rbind /sys {q(new / 'sys')}",
+            f"mount -t tmpfs -o mode=0755,nosuid,nodev {settings.instance}-run {q(new / 'run')}",
+            f"mount -t tmpfs -o mode=1777,nosuid,nodev {settings.instance}-tmp {q(new / 'tmp')}",
+            f"mkdir -p {q(new / 'run' / 'sshd')} {q(new / str(inner).lstrip('/'))}",
+            # The node's own dir (its path on the host is under the tmpfs that hides every node's by now).
+            f"mount --bind {q(inner)} {q(new / str(inner).lstrip('/'))}",
+        ]
+        for path, name in PRIVATE_DIRS.items():
+            target = new / path.lstrip("/")
+            commands += [f"mkdir -p {q(target)}", f"mount --bind {q(inner / name)} {q(target)}"]
+        pve, sbin = new / SHARED_PVE_DIR.lstrip("/"), new / SIM_BIN_MOUNT.lstrip("/")
+        # The simulator's qm and pvesh are links into this checkout: it is there read-only, at the same path.
+        sim = LAB_DIR / "pve_sim"
+        commands += [
+            f"mkdir -p {q(pve)} {q(sbin)} {q(new / str(sim).lstrip('/'))}",
+            f"mount --bind {q(settings.etc_pve)} {q(pve)}",
+            f"mount --bind -o ro {q(settings.shared_dir / 'bin')} {q(sbin)}",
+            f"mount --bind -o ro {q(sim)} {q(new / str(sim).lstrip('/'))}",
+        ]
+        return commands
 
     def _start_swtpm(self) -> None:
         inner = self.inner_dir
