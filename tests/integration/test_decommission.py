@@ -100,8 +100,7 @@ def receipts(lab: Lab, node: str, vmid: int) -> list[dict]:
 
 @pytest.mark.parametrize("node", ["nodeA", "nodeB"])
 def test_backup_copy_restored_after_decommission_does_not_unseal(lab: Lab, node: str):
-    lab.provision(node, GONE)
-    lab.provision(node, NEIGHBOUR)
+    lab.provision_fleet(node, [GONE, NEIGHBOUR])
     backup = lab.root / "backup"
     shutil.copytree(lab.vm_dir(node, GONE), backup)
 
