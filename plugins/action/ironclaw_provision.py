@@ -51,6 +51,8 @@ class ActionModule(IronclawAction):
 
     def run_action(self, args: dict) -> dict:
         self.require_crypto()
+        if args["step"] == "requested":
+            return self._requested(args)
         if args["node_name"] is None:
             args["node_name"] = self._vars.get("inventory_hostname")
         if args["vms"] is not None:
@@ -273,16 +275,34 @@ class ActionModule(IronclawAction):
         )
 
     # -- a fleet: each step once for all the VMs of the run --------------------
-    def _fleet_identified(self, args: dict) -> dict:
-        """The fleet's identities and the node's facts, read in one module run on the node (Proxmox asked once per
-        VM); the locks the run takes (one per VM, and the node's)."""
+    def _requested(self, args: dict) -> dict:
+        """On the controller, before anything is read or locked: the node and the VMs of the run (ironclaw_vmid, or
+        the fleet ironclaw_vms: a list of VMIDs or {vmid, vm_uuid} entries, or "VMID,VMID,...") checked, and the
+        run's locks named: one per VM and the node's, taken before the node's facts are read (an approval is never
+        signed for an epoch a concurrent run is about to bump)."""
+        if not args["node_name"]:
+            raise InputError(
+                "Give the node and the VM: -e ironclaw_node=<inventory host> -e ironclaw_vmid=<VMID> "
+                "(or the VMs: -e ironclaw_vms=<VMID>,<VMID>,...)"
+            )
         # The playbook passes ironclaw_vms or [] (one VM, ironclaw_vmid, refused as step=identified refuses it).
         if args["vmid"] not in (None, ""):
             validate.vmid(args["vmid"])
             if args["vm_uuid"]:
                 validate.vm_uuid(args["vm_uuid"])
         fleet = parse_fleet(args["vmid"], args["vm_uuid"], args["vms"] if args["vms"] != [] else None)
-        if args["vm_ctime"] is not None and (len(fleet) > 1 or args["vmid"] in (None, "")):
+        if args["vm_ctime"] is not None and len(fleet) > 1:
+            raise InputError(
+                "ironclaw_vm_ctime is one VM's creation time: give it with ironclaw_vmid, not ironclaw_vms"
+            )
+        locks = [f"vm-{vm.vmid}" for vm in fleet] + [f"node-{args['node_name']}"]
+        return {"changed": False, "vms": [vm.to_dict() for vm in fleet], "locks": locks}
+
+    def _fleet_identified(self, args: dict) -> dict:
+        """The fleet's identities (the RV(vms) of step=requested) and the node's facts, read in one module run on
+        the node (Proxmox asked once per VM)."""
+        fleet = parse_fleet(None, "", args["vms"])
+        if args["vm_ctime"] is not None and len(fleet) > 1:
             raise InputError(
                 "ironclaw_vm_ctime is one VM's creation time: give it with ironclaw_vmid, not ironclaw_vms"
             )
@@ -312,8 +332,7 @@ class ActionModule(IronclawAction):
                 vm_nodes=args["vm_nodes"],
             )
             vms.append({"identity": identity})
-        locks = [f"vm-{vm.vmid}" for vm in fleet] + [f"node-{args['node_name']}"]
-        return {"changed": False, "vms": vms, "node": node, "locks": locks}
+        return {"changed": False, "vms": vms, "node": node}
 
     def _fleet_planned(self, args: dict) -> dict:
         """On the store host: every VM's chain and the node's record read once, each VM decided by the authority

@@ -12,6 +12,9 @@ description:
     next signed manifest. Each O(step) is one task; the action plugin does the controller's part in-process
     (policy keys, approvals, manifest and head signing, secret files read in memory) and talks to one remote
     host, the task's host or its delegate.
+  - C(requested) runs on the controller only, first. It checks the node (O(node_name)) and the VM (O(vmid)) or
+    VMs (O(vms)), and returns them in the fleet form RV(vms) with the run's locks RV(locks), one per VM and the
+    node's, for M(ironclaw.sealed.ironclaw_lock) to take before anything is read on the node.
   - C(identified) runs on the node. It reads the node's TPM facts once and, with O(pve), asks Proxmox for the
     VM, returning the VM's identity (a VM not on this node, or with another uuid or creation time than one
     given, is refused) and the node's facts.
@@ -35,16 +38,17 @@ description:
   - In check mode nothing is written; C(recorded) and C(cached) then do nothing (the sealed state they would
     record is not there yet).
   - With O(vms), each step works on a fleet in one task, as the playbook C(ironclaw.sealed.provision) runs it.
-    C(identified) takes the VMs (O(vmid), or O(vms) in the forms the migrate playbook takes) and reads the
-    node's facts and every VM's Proxmox identity in one module run; every later step takes the RV(vms) of the
-    step before it. C(sealed) and C(cached) handle every VM in one module run on the node (one backend
-    context), each VM under its own locks, every VM sealed with the same O(secrets) and O(policy).
+    C(requested) takes the VMs (O(vmid), or O(vms) in the forms the migrate playbook takes); C(identified) takes
+    its RV(vms) and reads the node's facts and every VM's Proxmox identity in one module run; every later step
+    takes the RV(vms) of the step before it. C(sealed) and C(cached) handle every VM in one module run on the
+    node (one backend context), each VM under its own locks, every VM sealed with the same O(secrets) and
+    O(policy).
 options:
   step:
     description: The step to run (see the description).
     type: str
     required: true
-    choices: [identified, placed, planned, sealed, recorded, cached]
+    choices: [requested, identified, placed, planned, sealed, recorded, cached]
   vmid:
     description: Proxmox VMID of the VM (C(identified)).
     type: raw
@@ -135,7 +139,7 @@ options:
     type: dict
   vms:
     description:
-      - A fleet (see the description). With C(identified), the VMs, a list of VMIDs or of C({vmid, vm_uuid})
+      - A fleet (see the description). With C(requested), the VMs, a list of VMIDs or of C({vmid, vm_uuid})
         entries, or VMIDs separated by commas; V([]) takes the one VM O(vmid). With every later step, the
         RV(vms) of the step before it.
     type: raw
@@ -286,12 +290,12 @@ vms:
   description:
     - With O(vms), per VM of the fleet, its C(identity) and what the step returns for it (C(plan), the sealed
       result with its C(statement), C(record), the cached C(manifest)), in the order of the fleet.
-  returned: when O(vms) is given
+  returned: when O(vms) is given, and when O(step=requested)
   type: list
   elements: dict
 locks:
-  description: With O(vms) and O(step=identified), the run's locks, C(vm-<VMID>) per VM and C(node-<node>).
-  returned: when O(vms) is given and O(step=identified)
+  description: The run's locks, C(vm-<VMID>) per VM and C(node-<node>).
+  returned: when O(step=requested)
   type: list
   elements: str
 """

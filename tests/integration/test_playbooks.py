@@ -359,12 +359,13 @@ def test_unreachable_tpm_names_the_tcti(enrolled: Lab):
 @pytest.mark.parametrize("vmid", [99, 1000000000])
 def test_vmid_out_of_range(enrolled: Lab, vmid: int):
     args = enrolled.vm_args("nodeA", vmid, secrets_file=enrolled.secrets_file)
-    _fails_cleanly(enrolled, args, f"VMID must be from 100 to 999999999, found {vmid}")
+    # Refused on the controller by the request check, before the run's locks are named or taken.
+    _fails_cleanly(enrolled, args, f"VMID must be from 100 to 999999999, found {vmid}", node="localhost")
 
 
 def test_malformed_vm_uuid(enrolled: Lab):
     args = enrolled.vm_args("nodeA", VM_BAD_UUID, vm_uuid="not-a-uuid", secrets_file=enrolled.secrets_file)
-    _fails_cleanly(enrolled, args, "VM uuid must be in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
+    _fails_cleanly(enrolled, args, "VM uuid must be in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", node="localhost")
 
 
 @pytest.mark.parametrize("policy", [{"migratable": True, "foo": 1}, "migratable=true;foo=1"], ids=["dict", "string"])

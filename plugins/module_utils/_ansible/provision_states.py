@@ -26,7 +26,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backe
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.verified import failure
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 
-STEPS = ("identified", "placed", "planned", "sealed", "recorded", "cached")
+STEPS = ("requested", "identified", "placed", "planned", "sealed", "recorded", "cached")
 NODE_STEPS = ("sealed", "cached")
 
 
