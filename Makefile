@@ -111,11 +111,14 @@ units: | $(VENV_STAMP)
 # namespace nodes with sshd, swtpm and the Proxmox CLI simulator; skipped,
 # saying why, without root or network namespaces), on $(PYTEST_WORKERS) pytest-xdist
 # workers: a playbook run keeps one core busy, so one worker left the second
-# core idle. tests/conftest.py keeps on one worker what must not be split (the
-# lab's fixed instances, a module's shared lab) and hands out the longest units
-# first. A fixture's lab is built by the playbooks once per worker and copied
-# for the next tests (tests/integration/playbook_rig.py, lab_from_template).
-# About 13.5 minutes on this 2-core machine (28 on one worker without the copies).
+# core idle. tests/conftest.py keeps on one worker what must not be split (a
+# lab instance, a module's shared lab; a lab module with an instance of its own
+# runs beside the others) and hands out the longest units first. A fixture's lab
+# is built by the playbooks once per worker and copied for the next tests
+# (tests/integration/playbook_rig.py, lab_from_template); setups provision a
+# node's VMs in one run (ironclaw_vms). About 9 minutes on this shared 2-core
+# machine (10.4 before fleet provisioning), about 15 CPU-minutes in all: a third
+# worker does not help.
 # pytest's exit code 5 ("no tests collected") is reported and passes; any
 # other failure fails.
 PYTEST_WORKERS ?= 2

@@ -67,7 +67,9 @@ def pytest_collection_modifyitems(config, items):
 # Playbook runs are CPU-bound and one ansible-playbook keeps about one core busy, so on two cores two
 # workers halve the wall time. What workers must not split or share:
 # - tests/lab: instance names and subnets are fixed (tests/lab/labrig.py, the modules' INSTANCE), and
-#   lab_session is a session fixture (one per worker would bring the same instance up twice): one unit;
+#   lab_session is a session fixture (one per worker would bring the same instance up twice): the modules that use
+#   it or the scratch instance are one unit; every other lab module brings up an instance of its own (its INSTANCE,
+#   or make demo's) and is a unit of its own, so two labs may run at once, one per worker;
 # - a module- or class-scoped fixture (a lab enrolled once for a module): its tests stay on one worker,
 #   or each worker would pay for that setup again;
 # everything else (a function-scoped lab in tmp_path, swtpms on random ports) is one unit per test.
@@ -77,9 +79,11 @@ def pytest_collection_modifyitems(config, items):
 # each worker writes the units of what it collected to a file the controller names, the scheduler reads it.
 # Units are handed out in collection order, so the longest go first (longest-processing-time first, from
 # the durations of the last run in pytest's cache; without a cache, the lab first, then other groups by
-# size, then single tests).
+# size, then single tests; lab units before the others, they are the longest).
 
 LAB_GROUP = "lab"
+# The lab fixtures shared by several modules (tests/lab/conftest.py): the modules that use them are one unit.
+SHARED_LAB_FIXTURES = {"lab_session", "scratch_lab"}
 DURATIONS_KEY = "ironclaw/unit-durations"
 UNITS_INPUT = "ironclaw_units_file"
 _UNITS_FILE = pytest.StashKey[Path]()  # on the controller: where workers write their units
@@ -92,21 +96,36 @@ def _distributed(config) -> bool:
     return hasattr(config, "workerinput") or config.getoption("dist", "no") != "no"
 
 
-def work_unit(item) -> str:
-    """The unit of work an item belongs to: what one worker runs as a whole."""
-    path = Path(str(item.path)).resolve()
-    if (TESTS / "lab") in path.parents:
-        return LAB_GROUP
+def _module(item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def _in_lab(item) -> bool:
+    return (TESTS / "lab") in Path(str(item.path)).resolve().parents
+
+
+def shared_lab_modules(items) -> set[str]:
+    """The lab modules that use a lab instance other modules use too (the session's, the scratch one)."""
+    return {_module(item) for item in items if _in_lab(item) and SHARED_LAB_FIXTURES & set(item.fixturenames)}
+
+
+def work_unit(item, shared_lab: set[str] = frozenset()) -> str:
+    """The unit of work an item belongs to: what one worker runs as a whole. `shared_lab`: shared_lab_modules()."""
+    if _in_lab(item):
+        # A lab module with an instance of its own runs whole on one worker, beside the others.
+        return LAB_GROUP if _module(item) in shared_lab else _module(item)
     fixtureinfo = getattr(item, "_fixtureinfo", None)
     for name in item.fixturenames:
         defs = fixtureinfo.name2fixturedefs.get(name) if fixtureinfo else None
         if defs and defs[-1].scope in ("module", "class", "package"):
-            return item.nodeid.split("::", 1)[0]
+            return _module(item)
     return item.nodeid
 
 
 def _group_for_workers(config, items) -> None:
-    units = {item.nodeid: work_unit(item) for item in items}
+    shared_lab = shared_lab_modules(items)
+    units = {item.nodeid: work_unit(item, shared_lab) for item in items}
+    lab_units = {units[item.nodeid] for item in items if _in_lab(item)}
     for item in items:
         item.user_properties.append(("xdist_unit", units[item.nodeid]))
     cache = getattr(config, "cache", None)
@@ -117,8 +136,8 @@ def _group_for_workers(config, items) -> None:
 
     def rank(item):
         unit = units[item.nodeid]
-        # Longest first: measured seconds, else the lab, then other groups by size, then single tests.
-        return (-last.get(unit, 0.0), unit != LAB_GROUP, -sizes[unit])
+        # Longest first: measured seconds, else the lab's units, then other groups by size, then single tests.
+        return (-last.get(unit, 0.0), unit not in lab_units, -sizes[unit])
 
     items.sort(key=rank)  # stable: collection order within a rank, so a unit's tests stay in their order
     target = getattr(config, "workerinput", {}).get(UNITS_INPUT)

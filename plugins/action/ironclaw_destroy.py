@@ -206,5 +206,17 @@ class ActionModule(IronclawAction):
             }
         result["reapproved"] = {"approved": done["approved"], "refused": done["refused"]}
         result["rewrapped"] = list(done["statements"].values())
+        # The same VMs as entries of the provision steps' fleet form: recorded, then cached, in one task each.
+        result["rewrapped_vms"] = [
+            {
+                "identity": {
+                    "vmid": statement["subject"]["vmid"],
+                    "uuid": statement["subject"]["vm_uuid"],
+                    "ctime": statement["subject"]["vm_ctime"],
+                },
+                "statement": statement,
+            }
+            for statement in result["rewrapped"]
+        ]
         result["changed"] = result["changed"] or done["changed"]
         return result

@@ -24,6 +24,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock impor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
+from ansible_collections.ironclaw.sealed.plugins.module_utils._migration.plan import parse_fleet
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec import parse_policy
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.engine import MAX_PLAINTEXT_LEN
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils import store_host
@@ -39,6 +40,8 @@ from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controlle
 NODE_MODULE = "ironclaw.sealed.ironclaw_node"
 MANIFEST_MODULE = "ironclaw.sealed.ironclaw_manifest"
 PROVISION_MODULE = "ironclaw.sealed.ironclaw_provision"
+# A fleet's node facts and Proxmox identities in one module run (the migration's read-only node half).
+MIGRATION_MODULE = "ironclaw.sealed.ironclaw_migration"
 # The node facts a step passes on (not the module's bookkeeping, nor what Proxmox said).
 _NOT_FACTS = ("changed", "actions", "diff", "invocation", "vm", "pve_node", "failed", "msg")
 
@@ -48,8 +51,13 @@ class ActionModule(IronclawAction):
 
     def run_action(self, args: dict) -> dict:
         self.require_crypto()
+        if args["step"] == "requested":
+            return self._requested(args)
         if args["node_name"] is None:
             args["node_name"] = self._vars.get("inventory_hostname")
+        if args["vms"] is not None:
+            # A fleet: every step once for all the VMs of the run (identified parses the fleet's typed forms).
+            return getattr(self, "_fleet_" + args["step"])(args)
         return getattr(self, "_" + args["step"])(args)
 
     # -- the remote host -------------------------------------------------------
@@ -115,6 +123,17 @@ class ActionModule(IronclawAction):
         """Decide on the controller, from the store's verified chain and node record, and sign the approval."""
         identity = _need(args, "identity", "node", "store_dir")["identity"]
         now = clock(args["now"])
+        self._plan_checks(args)
+        with locked(
+            TrustKeyStore(args["controller_dir"]).controller_dir, "store-head", args["lock_timeout"], shared=True
+        ):
+            listing = self._listing(args, now, vm_uuid=identity["uuid"], node_name=args["node_name"])
+        decided = self._approved(args, identity, args["node"], listing)
+        plan = {k: decided.get(k) for k in ("policy_key", "key_name", "policy", "approval")}
+        return {"changed": decided["changed"], "plan": plan}
+
+    def _plan_checks(self, args: dict) -> None:
+        """The controller's trust root and signing keys, and the secrets asked for, before anything is signed."""
         cdir = args["controller_dir"]
         trusted(
             {
@@ -128,39 +147,32 @@ class ActionModule(IronclawAction):
             self._check,
         )
         rules.secret_request(_expanded(args["secrets"]), os.path.isfile)
-        with locked(TrustKeyStore(cdir).controller_dir, "store-head", args["lock_timeout"], shared=True):
-            listing = self._listing(args, now, vm_uuid=identity["uuid"], node_name=args["node_name"])
-        decided = policy_state(
+
+    def _approved(self, args: dict, identity: dict, node: dict, listing: dict, check: bool = False) -> dict:
+        """The authority rules' decision for one VM (its chain and the node's record read from the store), and the
+        unseal approval signed for the node; the VM's policy key is created on first use."""
+        return policy_state(
             {
                 "state": "approved",
                 "vmid": identity["vmid"],
                 "vm_uuid": identity["uuid"],
-                "controller_dir": cdir,
-                "node": args["node"],
+                "controller_dir": args["controller_dir"],
+                "node": node,
                 "node_name": args["node_name"],
                 "node_record": listing["node_record"],
                 "chain": listing["chain"],
                 "provision": True,
-                "pcrs": args["node"].get("pcrs") or None,
+                "pcrs": node.get("pcrs") or None,
                 "policy": args["policy"],
                 "now": args["now"],
             },
-            self._check,
+            self._check or check,
         )
-        plan = {k: decided.get(k) for k in ("policy_key", "key_name", "policy", "approval")}
-        return {"changed": decided["changed"], "plan": plan}
 
     def _sealed(self, args: dict) -> dict:
         """Seal and test-unseal on the node in one module run; files are read here, in memory."""
         _need(args, "identity", "secrets")
-        secrets = []
-        for item in rules.secret_request(_expanded(args["secrets"]), os.path.isfile):
-            if item.get("src") is None:
-                secrets.append({k: v for k, v in item.items() if k != "src" and v is not None})
-                continue
-            data = read_regular(item["src"], f"secret '{item['name']}' source file", MAX_PLAINTEXT_LEN)
-            secrets.append({"name": item["name"], "content_base64": canonical.b64encode(data)})
-            del data
+        secrets = _read_secrets(args["secrets"])
         out = self._module(
             PROVISION_MODULE,
             {
@@ -186,40 +198,46 @@ class ActionModule(IronclawAction):
             return {"changed": False, "msg": "check mode: nothing sealed yet, nothing recorded"}
         identity = _need(args, "identity", "statement", "store_dir")["identity"]
         now = clock(args["now"])
-        cdir = args["controller_dir"]
         # Exclusive: the chain read, the version signed and the head written cannot interleave with another run.
-        with locked(TrustKeyStore(cdir).controller_dir, "store-head", args["lock_timeout"]):
-            listing = self._listing(args, now, vm_uuid=identity["uuid"])
-            ledger = VmLedger.verify(identity["uuid"], listing["chain"], controller_roots(cdir, now))
-            if not rules.record_here(ledger.placement, args["node_name"], only_if_here=args["only_if_here"]):
-                return {"changed": False, "record": None, "reason": f"{ledger.describe()} places it on another node"}
-            issued = signed(
-                {
-                    "statement": args["statement"],
-                    "chain": listing["chain"],
-                    # Only provisioning states the VM's policy; every other version keeps the recorded one.
-                    "provision": args["provision"],
-                    "policy": args["policy"] if args["provision"] else None,
-                    "controller_dir": cdir,
-                    "signing": args["signing"],
-                    "sign_dir": args["sign_dir"],
-                    "expires_days": args["expires_days"],
-                    "max_days": args["max_days"],
-                    "resign_days": args["resign_days"],
-                    "allow_pending": False,
-                    "now": args["now"],
-                },
-                False,
-            )
-            envelope, head = issued["envelope"], listing["head"]
-            if issued["changed"]:
-                stored = self._module(
-                    MANIFEST_MODULE, {"state": "stored", "store_dir": args["store_dir"], "envelope": envelope}
-                )
-                stored = signed_head_after(stored, cdir, now, self._write_head(args))
-                envelope, head = stored.get("envelope", envelope), stored["head"]
-        if args["provision"]:
+        with locked(TrustKeyStore(args["controller_dir"]).controller_dir, "store-head", args["lock_timeout"]):
+            out = self._record_one(args, identity, args["statement"], now)
+        if args["provision"] and out["record"] is not None:
             reached("provision.recorded")
+        return out
+
+    def _record_one(self, args: dict, identity: dict, statement: dict, now) -> dict:
+        """Under the store-head lock: the VM's next manifest version signed and stored when `statement` changed
+        its recorded state (or the newest nears expiry), then the store's head."""
+        cdir = args["controller_dir"]
+        listing = self._listing(args, now, vm_uuid=identity["uuid"])
+        ledger = VmLedger.verify(identity["uuid"], listing["chain"], controller_roots(cdir, now))
+        if not rules.record_here(ledger.placement, args["node_name"], only_if_here=args["only_if_here"]):
+            return {"changed": False, "record": None, "reason": f"{ledger.describe()} places it on another node"}
+        issued = signed(
+            {
+                "statement": statement,
+                "chain": listing["chain"],
+                # Only provisioning states the VM's policy; every other version keeps the recorded one.
+                "provision": args["provision"],
+                "policy": args["policy"] if args["provision"] else None,
+                "controller_dir": cdir,
+                "signing": args["signing"],
+                "sign_dir": args["sign_dir"],
+                "expires_days": args["expires_days"],
+                "max_days": args["max_days"],
+                "resign_days": args["resign_days"],
+                "allow_pending": False,
+                "now": args["now"],
+            },
+            False,
+        )
+        envelope, head = issued["envelope"], listing["head"]
+        if issued["changed"]:
+            stored = self._module(
+                MANIFEST_MODULE, {"state": "stored", "store_dir": args["store_dir"], "envelope": envelope}
+            )
+            stored = signed_head_after(stored, cdir, now, self._write_head(args))
+            envelope, head = stored.get("envelope", envelope), stored["head"]
         record = {
             "envelope": envelope,
             "version": issued.get("version"),
@@ -256,6 +274,159 @@ class ActionModule(IronclawAction):
             },
         )
 
+    # -- a fleet: each step once for all the VMs of the run --------------------
+    def _requested(self, args: dict) -> dict:
+        """On the controller, before anything is read or locked: the node and the VMs of the run (ironclaw_vmid, or
+        the fleet ironclaw_vms: a list of VMIDs or {vmid, vm_uuid} entries, or "VMID,VMID,...") checked, and the
+        run's locks named: one per VM and the node's, taken before the node's facts are read (an approval is never
+        signed for an epoch a concurrent run is about to bump)."""
+        if not args["node_name"]:
+            raise InputError(
+                "Give the node and the VM: -e ironclaw_node=<inventory host> -e ironclaw_vmid=<VMID> "
+                "(or the VMs: -e ironclaw_vms=<VMID>,<VMID>,...)"
+            )
+        # The playbook passes ironclaw_vms or [] (one VM, ironclaw_vmid, refused as step=identified refuses it).
+        if args["vmid"] not in (None, ""):
+            validate.vmid(args["vmid"])
+            if args["vm_uuid"]:
+                validate.vm_uuid(args["vm_uuid"])
+        fleet = parse_fleet(args["vmid"], args["vm_uuid"], args["vms"] if args["vms"] != [] else None)
+        if args["vm_ctime"] is not None and len(fleet) > 1:
+            raise InputError(
+                "ironclaw_vm_ctime is one VM's creation time: give it with ironclaw_vmid, not ironclaw_vms"
+            )
+        locks = [f"vm-{vm.vmid}" for vm in fleet] + [f"node-{args['node_name']}"]
+        return {"changed": False, "vms": [vm.to_dict() for vm in fleet], "locks": locks}
+
+    def _fleet_identified(self, args: dict) -> dict:
+        """The fleet's identities (the RV(vms) of step=requested) and the node's facts, read in one module run on
+        the node (Proxmox asked once per VM)."""
+        fleet = parse_fleet(None, "", args["vms"])
+        if args["vm_ctime"] is not None and len(fleet) > 1:
+            raise InputError(
+                "ironclaw_vm_ctime is one VM's creation time: give it with ironclaw_vmid, not ironclaw_vms"
+            )
+        pcrs = parse_policy(args["policy"]).pcrs
+        selection = str(pcrs) if pcrs else None
+        read = self._module(
+            MIGRATION_MODULE,
+            {
+                **self._node_args(args),
+                "step": "inspected",
+                "vms": [vm.to_dict() for vm in fleet],
+                "pcrs": [selection] if selection else [],
+                "pve": args["pve"],
+            },
+        )
+        facts = read["node"]
+        node = {k: v for k, v in facts.items() if k not in _NOT_FACTS and k != "pcr_digests"}
+        node["pcrs"] = facts["pcr_digests"].get(selection) if selection else None
+        vms = []
+        for vm in fleet:
+            identity = rules.vm_identity(
+                vm.vmid,
+                node_name=args["node_name"],
+                uuid=vm.vm_uuid,
+                ctime=args["vm_ctime"],
+                pve=read["vms"][str(vm.vmid)]["proxmox"] if args["pve"] else None,
+                vm_nodes=args["vm_nodes"],
+            )
+            vms.append({"identity": identity})
+        return {"changed": False, "vms": vms, "node": node}
+
+    def _fleet_planned(self, args: dict) -> dict:
+        """On the store host: every VM's chain and the node's record read once, each VM decided by the authority
+        rules and its approval signed; a refusal of any VM signs nothing for the others after it."""
+        vms, node = _fleet(args, "identity"), _need(args, "node")["node"]
+        now = clock(args["now"])
+        self._plan_checks(args)
+        with locked(
+            TrustKeyStore(args["controller_dir"]).controller_dir, "store-head", args["lock_timeout"], shared=True
+        ):
+            listings = [
+                self._listing(args, now, vm_uuid=vm["identity"]["uuid"], node_name=args["node_name"]) for vm in vms
+            ]
+        # Every VM decided before anything is written: a refusal of one creates no policy key, signs nothing.
+        if not self._check:
+            for vm, listing in zip(vms, listings, strict=True):
+                self._approved(args, vm["identity"], node, listing, check=True)
+        planned, changed = [], False
+        for vm, listing in zip(vms, listings, strict=True):
+            decided = self._approved(args, vm["identity"], node, listing)
+            changed |= bool(decided["changed"])
+            plan = {k: decided.get(k) for k in ("policy_key", "key_name", "policy", "approval")}
+            planned.append({"identity": vm["identity"], "plan": plan})
+        return {"changed": changed, "vms": planned}
+
+    def _fleet_sealed(self, args: dict) -> dict:
+        """Every VM's secrets sealed and test-unsealed in one module run on the node (one backend context); the
+        secret files are read here once, in memory."""
+        vms = _fleet(args, "identity", "plan")
+        _need(args, "secrets")
+        secrets = _read_secrets(args["secrets"])
+        entries = [
+            {
+                "identity": vm["identity"],
+                "policy_key": vm["plan"]["policy_key"],
+                "approval": vm["plan"]["approval"],
+            }
+            for vm in vms
+        ]
+        out = self._module(
+            PROVISION_MODULE,
+            {
+                **self._node_args(args),
+                "step": "sealed",
+                "vms": entries,
+                "node_name": args["node_name"],
+                "cluster": args["cluster"],
+                "policy": args["policy"],
+                "secrets": secrets,
+            },
+        )
+        del secrets
+        if not self._check:
+            reached("provision.sealed")
+        return out
+
+    def _fleet_recorded(self, args: dict) -> dict:
+        """On the store host, under one hold of the store-head lock: each VM's next manifest version when its sealed
+        state changed, then the store's head."""
+        if self._check:
+            return {"changed": False, "msg": "check mode: nothing sealed yet, nothing recorded", "vms": []}
+        vms = _fleet(args, "identity", "statement")
+        _need(args, "store_dir")
+        now = clock(args["now"])
+        recorded, changed = [], False
+        with locked(TrustKeyStore(args["controller_dir"]).controller_dir, "store-head", args["lock_timeout"]):
+            for vm in vms:
+                out = self._record_one(args, vm["identity"], vm["statement"], now)
+                changed |= bool(out["changed"])
+                recorded.append({"identity": vm["identity"], "record": out["record"], "reason": out.get("reason")})
+        if args["provision"] and any(vm["record"] is not None for vm in recorded):
+            reached("provision.recorded")
+        return {"changed": changed, "vms": recorded}
+
+    def _fleet_cached(self, args: dict) -> dict:
+        """Every recorded manifest verified on the node and cached there, in one module run."""
+        if self._check:
+            return {"changed": False, "msg": "check mode: nothing recorded, nothing to cache"}
+        entries = [vm for vm in _fleet(args, "identity") if vm.get("record") is not None]
+        if not entries:
+            return {"changed": False, "msg": "nothing recorded on this node, nothing to cache"}
+        return self._module(
+            PROVISION_MODULE,
+            {
+                **self._node_args(args),
+                "step": "cached",
+                "vms": [{"identity": vm["identity"], "record": vm["record"]} for vm in entries],
+                "node_name": args["node_name"],
+                "cluster": args["cluster"],
+                "warn_days": args["warn_days"],
+                "now": args["now"],
+            },
+        )
+
 
 def _need(args: dict, *names: str) -> dict:
     missing = [n for n in names if not args.get(n)]
@@ -272,3 +443,30 @@ def _expanded(secrets) -> list:
         {**item, "src": os.path.expanduser(item["src"])} if isinstance(item, dict) and item.get("src") else item
         for item in secrets
     ]
+
+
+def _fleet(args: dict, *keys: str) -> list:
+    """The `vms` a fleet step takes: the previous step's RV(vms), each entry with `keys`."""
+    vms = args["vms"]
+    if (
+        not isinstance(vms, list)
+        or not vms
+        or not all(isinstance(vm, dict) and all(vm.get(k) for k in keys) for vm in vms)
+    ):
+        raise InputError(
+            f"step={args['step']} needs vms: the vms result of the step before it, each with {', '.join(keys)}"
+        )
+    return vms
+
+
+def _read_secrets(secrets) -> list:
+    """The secrets asked for, each file read here, in memory, as base64 content (never a path on the node)."""
+    out = []
+    for item in rules.secret_request(_expanded(secrets), os.path.isfile):
+        if item.get("src") is None:
+            out.append({k: v for k, v in item.items() if k != "src" and v is not None})
+            continue
+        data = read_regular(item["src"], f"secret '{item['name']}' source file", MAX_PLAINTEXT_LEN)
+        out.append({"name": item["name"], "content_base64": canonical.b64encode(data)})
+        del data
+    return out

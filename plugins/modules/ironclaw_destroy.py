@@ -188,6 +188,14 @@ rewrapped:
   returned: when O(reapprove) and VMs stay on the node
   type: list
   elements: dict
+rewrapped_vms:
+  description:
+    - The VMs of RV(rewrapped), each as C({identity, statement}), the form the steps C(recorded) and C(cached) of
+      M(ironclaw.sealed.ironclaw_provision) take in O(ironclaw.sealed.ironclaw_provision#module:vms) (one task
+      each for all of them).
+  returned: when O(reapprove) and VMs stay on the node
+  type: list
+  elements: dict
 unusable:
   description:
     - Keyslots of other VMs on the node that cannot serve any VM, each C(path) and C(reason). A keyslot.json or

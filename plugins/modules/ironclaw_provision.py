@@ -12,6 +12,9 @@ description:
     next signed manifest. Each O(step) is one task; the action plugin does the controller's part in-process
     (policy keys, approvals, manifest and head signing, secret files read in memory) and talks to one remote
     host, the task's host or its delegate.
+  - C(requested) runs on the controller only, first. It checks the node (O(node_name)) and the VM (O(vmid)) or
+    VMs (O(vms)), and returns them in the fleet form RV(vms) with the run's locks RV(locks), one per VM and the
+    node's, for M(ironclaw.sealed.ironclaw_lock) to take before anything is read on the node.
   - C(identified) runs on the node. It reads the node's TPM facts once and, with O(pve), asks Proxmox for the
     VM, returning the VM's identity (a VM not on this node, or with another uuid or creation time than one
     given, is refused) and the node's facts.
@@ -34,12 +37,18 @@ description:
     C(tasks_from=publish)), for a statement the node described (M(ironclaw.sealed.ironclaw_manifest) C(built)).
   - In check mode nothing is written; C(recorded) and C(cached) then do nothing (the sealed state they would
     record is not there yet).
+  - With O(vms), each step works on a fleet in one task, as the playbook C(ironclaw.sealed.provision) runs it.
+    C(requested) takes the VMs (O(vmid), or O(vms) in the forms the migrate playbook takes); C(identified) takes
+    its RV(vms) and reads the node's facts and every VM's Proxmox identity in one module run; every later step
+    takes the RV(vms) of the step before it. C(sealed) and C(cached) handle every VM in one module run on the
+    node (one backend context), each VM under its own locks, every VM sealed with the same O(secrets) and
+    O(policy).
 options:
   step:
     description: The step to run (see the description).
     type: str
     required: true
-    choices: [identified, placed, planned, sealed, recorded, cached]
+    choices: [requested, identified, placed, planned, sealed, recorded, cached]
   vmid:
     description: Proxmox VMID of the VM (C(identified)).
     type: raw
@@ -128,6 +137,12 @@ options:
       - With C(cached), the RV(record) of C(recorded), the stored manifest with the store's signed head, the
         controller's trust roots and the store's floor for the VM.
     type: dict
+  vms:
+    description:
+      - A fleet (see the description). With C(requested), the VMs, a list of VMIDs or of C({vmid, vm_uuid})
+        entries, or VMIDs separated by commas; V([]) takes the one VM O(vmid). With every later step, the
+        RV(vms) of the step before it.
+    type: raw
   now:
     description: The clock (UTC timestamp); the host's clock when omitted. For tests.
     type: str
@@ -271,6 +286,18 @@ manifest:
   description: The cached manifest's C(version), C(expires), C(state) and C(node).
   returned: when O(step=cached) outside check mode
   type: dict
+vms:
+  description:
+    - With O(vms), per VM of the fleet, its C(identity) and what the step returns for it (C(plan), the sealed
+      result with its C(statement), C(record), the cached C(manifest)), in the order of the fleet.
+  returned: when O(vms) is given, and when O(step=requested)
+  type: list
+  elements: dict
+locks:
+  description: The run's locks, C(vm-<VMID>) per VM and C(node-<node>).
+  returned: when O(step=requested)
+  type: list
+  elements: str
 """
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.options import failing_on_errors

@@ -28,7 +28,8 @@ def reapprove(
 ) -> dict:
     """Approve, for the node's current epoch (`facts`), the `survivors` ({vmid, vm_uuid}) the ledger places on
     `node_name`. `node_call(step, **args)` runs the node half on the node. Returns the number approved, the VMs
-    refused with the reason, and the statements of the survivors to record again (software backend)."""
+    refused with the reason, and the statements of the survivors to record again (software backend), complete:
+    each with the creation time and cluster its manifest records, so that they are recorded in one call."""
     stamp = canonical.utc_timestamp(now)
     unlisted = [s for s in survivors if s["vm_uuid"] not in chains]
     listed = [{"vmid": s["vmid"], "vm_uuid": s["vm_uuid"]} for s in survivors if s["vm_uuid"] in chains]
@@ -75,7 +76,11 @@ def reapprove(
         entries.append({"vmid": vm["vmid"], "vm_uuid": vm["vm_uuid"], "approval": approved["approval"]})
     more = {}
     if backend == "software":
-        more["describe"] = [{"vmid": e["vmid"], "vm_uuid": e["vm_uuid"]} for e in entries]
+        # Each statement says again the creation time and cluster the VM's manifest records.
+        more["describe"] = [
+            {"vmid": vm["vmid"], "vm_uuid": vm["vm_uuid"], "vm_ctime": vm["vm_ctime"], "cluster": vm["cluster"]}
+            for vm in placed["placed"]
+        ]
     done = node_call("approved", vms=entries, node_name=node_name, **more)
     out.update(approved=len(entries), changed=done["changed"], statements=done.get("statements") or {})
     return out

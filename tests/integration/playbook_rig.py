@@ -332,6 +332,16 @@ class Lab:
         args = self.vm_args(node, vmid, secrets_file=secrets_file or self.secrets_file)
         return self.run("provision", *args, *extra, **options)
 
+    def fleet_args(self, node: str, vmids, secrets_file: Path | None = None) -> list[str]:
+        """Extra vars naming the node and a fleet of VMs (ironclaw_vms, each with its uuid) and the secrets file."""
+        vms = [{"vmid": vmid, "vm_uuid": vm_uuid_of(node, vmid)} for vmid in vmids]
+        args = ["-e", f"ironclaw_node={node}", "-e", json.dumps({"ironclaw_vms": vms})]
+        return args + ["-e", f"@{secrets_file or self.secrets_file}"]
+
+    def provision_fleet(self, node: str, vmids, secrets_file: Path | None = None, extra: tuple = (), **options):
+        """Provision every VM of `vmids` on `node` in one run (ironclaw_vms)."""
+        return self.run("provision", *self.fleet_args(node, vmids, secrets_file), *extra, **options)
+
     def verify(self, node: str, vmid: int, extra: tuple = (), **options):
         return self.run("verify", *self.vm_args(node, vmid), *extra, **options)
 
@@ -372,8 +382,12 @@ def enrolled_lab(
     def build(lab: Lab) -> None:
         lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
         lab.run("enroll")
+        # One provision run per node for all its VMs (ironclaw_vms).
+        fleets: dict[str, list[int]] = {}
         for node, vmid in provision:
-            lab.provision(node, vmid)
+            fleets.setdefault(node, []).append(vmid)
+        for node, vmids in fleets.items():
+            lab.provision_fleet(node, vmids)
 
     if counted:
         with _built_lab(root, nodes, build, counted=True, manufacture=manufacture) as lab:

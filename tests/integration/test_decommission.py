@@ -100,8 +100,7 @@ def receipts(lab: Lab, node: str, vmid: int) -> list[dict]:
 
 @pytest.mark.parametrize("node", ["nodeA", "nodeB"])
 def test_backup_copy_restored_after_decommission_does_not_unseal(lab: Lab, node: str):
-    lab.provision(node, GONE)
-    lab.provision(node, NEIGHBOUR)
+    lab.provision_fleet(node, [GONE, NEIGHBOUR])
     backup = lab.root / "backup"
     shutil.copytree(lab.vm_dir(node, GONE), backup)
 
@@ -124,15 +123,31 @@ def test_backup_copy_restored_after_decommission_does_not_unseal(lab: Lab, node:
 def test_neighbours_are_re_approved_by_one_task_whatever_their_number(lab: Lab):
     """The VMs that stay on the node are re-approved in the task that destroys (one node call for all of them):
     a decommission beside three neighbours runs no more tasks than beside one."""
-    lab.provision("nodeA", GONE)
-    lab.provision("nodeA", NEIGHBOUR)
+    lab.provision_fleet("nodeA", [GONE, NEIGHBOUR])
     beside_one = decommission(lab, GONE)
     lab.verify("nodeA", NEIGHBOUR)
-    for vmid in (202, 203, 204):
-        lab.provision("nodeA", vmid)
+    lab.provision_fleet("nodeA", [202, 203, 204])
     beside_three = decommission(lab, 202)
     for vmid in (NEIGHBOUR, 203, 204):
         lab.verify("nodeA", vmid)
+    assert task_count(beside_three.stdout) == task_count(beside_one.stdout), (
+        task_count(beside_one.stdout),
+        task_count(beside_three.stdout),
+    )
+
+
+def test_rewrapped_neighbours_are_recorded_by_one_task_whatever_their_number(lab: Lab):
+    """On a software node the epoch bump rewraps the keyslots of the VMs that stay (a new KEK): their new sealed
+    state is recorded for all of them in one task and cached in one more, never a task per VM, so a decommission
+    beside three neighbours runs no more tasks than beside one; each neighbour's next version verifies."""
+    lab.provision_fleet("nodeB", [GONE, NEIGHBOUR])
+    beside_one = decommission(lab, GONE)
+    lab.verify("nodeB", NEIGHBOUR)
+    lab.provision_fleet("nodeB", [202, 203, 204])
+    beside_three = decommission(lab, 202)
+    for vmid, versions in ((NEIGHBOUR, 3), (203, 2), (204, 2)):
+        assert len(lab.store_chain("nodeB", vmid)) == versions, vmid
+        lab.verify("nodeB", vmid)
     assert task_count(beside_three.stdout) == task_count(beside_one.stdout), (
         task_count(beside_one.stdout),
         task_count(beside_three.stdout),

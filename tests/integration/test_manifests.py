@@ -1,7 +1,9 @@
 """Signed manifests through the playbooks: versions, rollback, offline signing, rotation, expiry, bad input.
 
 Each scenario gets its own small lab (a software-backend node, its own
-controller and store), so trust roots and floors of one cannot leak into another.
+controller and store), so trust roots and floors of one cannot leak into another;
+where a scenario does not test init or enroll, its lab is a copy of one enrolled
+once (enrolled_lab).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from playbook_rig import Lab, Node, changed_tasks, leak_markers, task_result, vm_uuid_of
+from playbook_rig import Lab, Node, changed_tasks, enrolled_lab, leak_markers, task_result, vm_uuid_of
 
 pytestmark = pytest.mark.swtpm  # needs the playbook tools that come with the swtpm rig
 
@@ -27,6 +29,15 @@ VERIFY_TASK = "Verify the sealed state against the signed manifest, then test-un
 def small_lab(tmp_path, playbook_tools) -> Lab:
     lab = Lab(tmp_path, [Node(NODE, "software", tmp_path / NODE, sys.executable)])
     return lab
+
+
+@pytest.fixture
+def enrolled_small_lab(tmp_path, playbook_tools):
+    """A small lab after init and enroll (a copy of a template: the runs are paid once per process)."""
+    # pytest closes the fixture's generator, which exits the context
+    # pylint: disable-next=contextmanager-generator-missing-cleanup
+    with enrolled_lab(tmp_path, [(NODE, "software", sys.executable)]) as lab:
+        yield lab
 
 
 def init_and_enroll(lab: Lab, *extra: str) -> None:
@@ -54,9 +65,8 @@ def secrets_with(lab: Lab, name: str, token: str) -> Path:
     )
 
 
-def test_versions_follow_the_sealed_state_and_old_files_are_refused(small_lab: Lab):
-    lab = small_lab
-    init_and_enroll(lab)
+def test_versions_follow_the_sealed_state_and_old_files_are_refused(enrolled_small_lab: Lab):
+    lab = enrolled_small_lab
     first = secrets_with(lab, "v1.json", "token-one")
     lab.provision(NODE, VMID, first)
     assert chain(lab) == ["manifest-00000001.json"]
@@ -131,9 +141,8 @@ def test_offline_signing_round_trip(small_lab: Lab):
     lab.verify(NODE, VMID, extra=offline_vars)
 
 
-def test_trust_root_rotation_to_two_of_three(small_lab: Lab):
-    lab = small_lab
-    init_and_enroll(lab)
+def test_trust_root_rotation_to_two_of_three(enrolled_small_lab: Lab):
+    lab = enrolled_small_lab
     lab.provision(NODE, VMID, secrets_with(lab, "a.json", "token-a"))
     lab.run(
         "init",
@@ -162,9 +171,8 @@ def test_trust_root_rotation_to_two_of_three(small_lab: Lab):
     assert sorted(p.name for p in (lab.nodes[NODE].state_dir / "trust").glob("root-*.json")) == roots
 
 
-def test_expiring_manifest_warns_and_is_reissued(small_lab: Lab):
-    lab = small_lab
-    init_and_enroll(lab)
+def test_expiring_manifest_warns_and_is_reissued(enrolled_small_lab: Lab):
+    lab = enrolled_small_lab
     short = ("-e", "ironclaw_manifest_expires_days=10", "-e", "ironclaw_manifest_resign_days=5")
     lab.provision(NODE, VMID, extra=short)
     warned = lab.verify(NODE, VMID)
@@ -179,9 +187,8 @@ def test_expiring_manifest_warns_and_is_reissued(small_lab: Lab):
 # -- bad input: clear error, nothing written --------------------------------------
 
 
-def test_corrupt_store_file_is_named_and_nothing_is_written(small_lab: Lab):
-    lab = small_lab
-    init_and_enroll(lab)
+def test_corrupt_store_file_is_named_and_nothing_is_written(enrolled_small_lab: Lab):
+    lab = enrolled_small_lab
     lab.provision(NODE, VMID)
     stored = lab.controller_dir / "store" / "vms" / vm_uuid_of(NODE, VMID) / "manifest-00000001.json"
     stored.write_bytes(stored.read_bytes()[:-7])
@@ -191,9 +198,8 @@ def test_corrupt_store_file_is_named_and_nothing_is_written(small_lab: Lab):
     assert lab.snapshot() == before
 
 
-def test_missing_trust_root_is_refused(small_lab: Lab):
-    lab = small_lab
-    init_and_enroll(lab)
+def test_missing_trust_root_is_refused(enrolled_small_lab: Lab):
+    lab = enrolled_small_lab
     shutil.rmtree(lab.controller_dir / "trust")
     before = lab.snapshot()
     failed = lab.provision(NODE, VMID, expect_fail=True)
@@ -202,9 +208,8 @@ def test_missing_trust_root_is_refused(small_lab: Lab):
     assert lab.snapshot() == before
 
 
-def test_signing_key_with_wrong_permissions_is_refused(small_lab: Lab):
-    lab = small_lab
-    init_and_enroll(lab)
+def test_signing_key_with_wrong_permissions_is_refused(enrolled_small_lab: Lab):
+    lab = enrolled_small_lab
     (key,) = (lab.controller_dir / "trust-keys").glob("*.pem")
     key.chmod(0o644)
     before = lab.snapshot()
@@ -213,9 +218,8 @@ def test_signing_key_with_wrong_permissions_is_refused(small_lab: Lab):
     assert lab.snapshot() == before
 
 
-def test_manifest_for_another_cluster_is_refused(small_lab: Lab):
-    lab = small_lab
-    init_and_enroll(lab)
+def test_manifest_for_another_cluster_is_refused(enrolled_small_lab: Lab):
+    lab = enrolled_small_lab
     lab.provision(NODE, VMID, extra=("-e", "ironclaw_cluster=alpha"))
     before = lab.snapshot()
     failed = lab.verify(NODE, VMID, expect_fail=True, extra=("-e", "ironclaw_cluster=beta"))

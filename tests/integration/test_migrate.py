@@ -231,8 +231,7 @@ def test_fleet_moves_in_one_run_under_one_epoch_bump(lab, tmp_path):
     revocation for the fleet, not one per VM), the VM that stays is re-approved once and still works, a re-run
     changes nothing, and a saved copy of any of them is dead on the source."""
     fleet = [VMID, 302, 303]
-    for vmid in fleet[1:] + [NEIGHBOUR]:
-        lab.provision("nodeA", vmid)
+    lab.provision_fleet("nodeA", fleet[1:] + [NEIGHBOUR])
     saved = {vmid: tmp_path / f"saved-{vmid}" for vmid in fleet}
     for vmid, where in saved.items():
         shutil.copytree(lab.vm_dir("nodeA", vmid), where)

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 from playbook_rig import (
+    DEBIAN_PYTHON,
     Lab,
     Node,
     blob_header,
     changed_tasks,
+    enrolled_lab,
     leak_markers,
     parse_recap,
     task_count,
@@ -40,7 +42,7 @@ BLOB_FORMAT = "ironclaw-sealed-blob/1"
 NONCE_LEN = 12
 
 SEAL_TASK = "Seal the secrets and prove every one unseals"
-SIGN_TASK = "Check the request against the store and sign an unseal approval (on the controller)"
+SIGN_TASK = "Check the request against the store and sign an unseal approval per VM (on the controller)"
 # The manifest steps that change something when the sealed state changed.
 PUBLISH_TASKS = [
     "Sign and store the next manifest version when the sealed state changed",
@@ -63,6 +65,14 @@ VM_ROLE = 113
 # A run killed at each fault point of the provision steps (plugins/plugin_utils/faults.py), one VM each.
 VM_FAULTS = {"provision.sealed": 111, "provision.recorded": 112}
 VM_CHECK = 200
+# A fleet provisioned in one run (ironclaw_vms).
+FLEET = list(range(320, 330))
+VM_FLEET_ONE = 330
+VM_PLACED_ELSEWHERE = 350
+VM_LISTED_WITH_IT = 351
+# TPM commands an extra VM of a fleet may cost (15 measured; one VM alone 24): its keyslot and its test-unseal;
+# the node's facts and the backend's context are paid once per run.
+PROVISION_TPM_COMMANDS_PER_EXTRA_VM = 16
 # The provision playbook's ceiling: request check, lock, five steps, release.
 PROVISION_MAX_TASKS = 8
 
@@ -349,12 +359,13 @@ def test_unreachable_tpm_names_the_tcti(enrolled: Lab):
 @pytest.mark.parametrize("vmid", [99, 1000000000])
 def test_vmid_out_of_range(enrolled: Lab, vmid: int):
     args = enrolled.vm_args("nodeA", vmid, secrets_file=enrolled.secrets_file)
-    _fails_cleanly(enrolled, args, f"VMID must be from 100 to 999999999, found {vmid}")
+    # Refused on the controller by the request check, before the run's locks are named or taken.
+    _fails_cleanly(enrolled, args, f"VMID must be from 100 to 999999999, found {vmid}", node="localhost")
 
 
 def test_malformed_vm_uuid(enrolled: Lab):
     args = enrolled.vm_args("nodeA", VM_BAD_UUID, vm_uuid="not-a-uuid", secrets_file=enrolled.secrets_file)
-    _fails_cleanly(enrolled, args, "VM uuid must be in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
+    _fails_cleanly(enrolled, args, "VM uuid must be in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", node="localhost")
 
 
 @pytest.mark.parametrize("policy", [{"migratable": True, "foo": 1}, "migratable=true;foo=1"], ids=["dict", "string"])
@@ -402,6 +413,57 @@ def test_tpm_commands_per_vm_not_per_secret(playbook_tools, counted_swtpm, tmp_p
     # One keyslot created and one test-unseal per run.
     assert counts[300].get("Create") == 1
     assert counts[300].get("Unseal") == 1
+
+
+# -- a fleet in one run ------------------------------------------------------------
+
+
+def test_fleet_provision_runs_the_tasks_of_one_vm_and_few_tpm_commands_per_extra_vm(playbook_tools, tmp_path):
+    """One VM, then ten in one run (ironclaw_vms), counted on the node's swtpm: the same tasks for both (one per
+    step, never one per VM), and an extra VM costs only its own TPM work: the node's facts are read once per run and
+    every VM is sealed under one backend context. Every VM of the fleet is sealed, recorded and verifies."""
+    with enrolled_lab(tmp_path, [("nodeA", "tpm2", DEBIAN_PYTHON)], counted=True) as lab:
+        counter = lab.counters["nodeA"]
+
+        def counted(run):
+            before = counter.snapshot()
+            done = run()
+            return sum((counter.snapshot() - before).values()), done
+
+        one, single = counted(lambda: lab.provision("nodeA", VM_FLEET_ONE))
+        ten, many = counted(lambda: lab.provision_fleet("nodeA", FLEET))
+        per_extra = (ten - one) / (len(FLEET) - 1)
+        print(f"TPM commands: 1 VM {one}, {len(FLEET)} VMs {ten}, per extra VM {per_extra}")
+        assert per_extra <= PROVISION_TPM_COMMANDS_PER_EXTRA_VM, (one, ten)
+        assert task_count(single.stdout) == task_count(many.stdout) <= PROVISION_MAX_TASKS, many.stdout
+        for vmid in FLEET:
+            assert sorted(p.name for p in lab.vm_dir("nodeA", vmid).glob("*.sealed")) == [
+                f"{name}.sealed" for name in SECRET_NAMES
+            ]
+            assert [p.name for p in lab.store_chain("nodeA", vmid)] == ["manifest-00000001.json"]
+        lab.verify("nodeA", FLEET[-1])
+        again = lab.provision_fleet("nodeA", FLEET)
+        assert again.recap["nodeA"]["changed"] == 0, changed_tasks(again.stdout)
+
+
+def test_fleet_with_a_vm_placed_on_another_node_is_refused_whole_and_nothing_changes(enrolled: Lab):
+    """A fleet provision on nodeA that lists a VM the store places on nodeB: refused, naming it, before a policy key
+    is created, an approval signed or a blob sealed for the VM listed with it."""
+    enrolled.provision("nodeB", VM_PLACED_ELSEWHERE)
+    before = enrolled.snapshot()
+    vms = [
+        {"vmid": VM_LISTED_WITH_IT, "vm_uuid": vm_uuid_of("nodeA", VM_LISTED_WITH_IT)},
+        {"vmid": VM_PLACED_ELSEWHERE, "vm_uuid": vm_uuid_of("nodeB", VM_PLACED_ELSEWHERE)},
+    ]
+    refused = enrolled.run(
+        "provision",
+        *("-e", "ironclaw_node=nodeA", "-e", json.dumps({"ironclaw_vms": vms}), "-e", f"@{enrolled.secrets_file}"),
+        expect_fail=True,
+    )
+    assert f"VM {VM_PLACED_ELSEWHERE}" in refused.stdout and "places it on nodeB" in refused.stdout, refused.stdout
+    assert "PlacementError" in refused.stdout, refused.stdout
+    assert enrolled.snapshot() == before
+    assert not enrolled.policy_key("nodeA", VM_LISTED_WITH_IT).exists()
 
 
 # -- concurrency -----------------------------------------------------------------

@@ -55,9 +55,9 @@ PCR7 = payload.RecordedPolicy(migratable=True, pcrs="sha256:7")
 PINNED = payload.RecordedPolicy(migratable=False, pcrs=None)
 
 
-def statement(node: NodeView, *, uuid=UUID, blob="11", migration=None, state="active") -> dict:
+def statement(node: NodeView, *, uuid=UUID, blob="11", migration=None, state="active", ctime=None) -> dict:
     doc = {
-        "subject": {"vmid": 100, "vm_uuid": uuid, "vm_ctime": None, "cluster": "lab"},
+        "subject": {"vmid": 100, "vm_uuid": uuid, "vm_ctime": ctime, "cluster": "lab"},
         "node": {"name": node.name, "id": node.id},
         "keyslot": None
         if state != "active"
@@ -255,9 +255,20 @@ def test_a1_survivors_are_the_vms_the_ledger_places_on_the_node():
     )
     vms = [{"vmid": 100, "vm_uuid": UUID}, {"vmid": 101, "vm_uuid": OTHER_UUID}]
     placed, refused = rules.sort_survivors({UUID: here, OTHER_UUID: moved}, vms, A, NOW)
-    assert placed == [{"vmid": 100, "vm_uuid": UUID, "pcrs": "sha256:7"}]
+    assert placed == [{"vmid": 100, "vm_uuid": UUID, "pcrs": "sha256:7", "vm_ctime": None, "cluster": "lab"}]
     assert [r["vm_uuid"] for r in refused] == [OTHER_UUID]
     assert "node-b" in refused[0]["reason"]
+
+
+def test_a1_a_rewrapped_survivor_is_described_with_the_ctime_and_cluster_its_manifest_records():
+    """A survivor whose keyslot an epoch bump rewrapped is recorded again from what its node describes: the entry it
+    is described from must carry the creation time and cluster the VM's manifest records, or its next version would
+    drop the creation-time binding (a VM recreated under the same VMID would then pass for it) and name the default
+    cluster."""
+    here = VmLedger.verify(UUID, chain_of((A, PCR7, {"ctime": 1700000000})), ROOT)
+    placed, refused = rules.sort_survivors({UUID: here}, [{"vmid": 100, "vm_uuid": UUID}], A, NOW)
+    assert refused == []
+    assert (placed[0]["vm_ctime"], placed[0]["cluster"]) == (1700000000, "lab")
 
 
 def test_a1_a_keyslot_with_no_chain_is_not_a_survivor():

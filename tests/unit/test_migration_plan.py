@@ -212,3 +212,39 @@ def test_a_running_vm_is_refused_unless_it_may_be_stopped():
         plan.check_running(running, pve=True, stop_vm=False)
     plan.check_running(running, pve=True, stop_vm=True)
     plan.check_running(running, pve=False, stop_vm=False)
+
+
+# -- a fleet, as provision takes it (parse_fleet, shared with the migration's request) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("vmid", "vm_uuid", "vms", "expected"),
+    [
+        (300, UUID, None, [plan.FleetVm(300, UUID)]),
+        (None, "", "300,301", [plan.FleetVm(300, ""), plan.FleetVm(301, "")]),
+        (None, "", [{"vmid": 300, "vm_uuid": UUID}, 301], [plan.FleetVm(300, UUID), plan.FleetVm(301, "")]),
+    ],
+    ids=["one-vm", "comma-string", "entries"],
+)
+def test_provision_fleet_takes_the_forms_migrate_takes(vmid, vm_uuid, vms, expected):
+    assert list(plan.parse_fleet(vmid, vm_uuid, vms)) == expected
+
+
+@pytest.mark.parametrize(
+    ("vmid", "vm_uuid", "vms", "cause"),
+    [
+        (None, "", [300, 300], "listed twice"),
+        (300, "", [301], "not both"),
+        (None, UUID, [300], "give each VM's uuid in its entry"),
+        (None, "", None, "Give the VM (or VMs)"),
+        (None, "", [], "ironclaw_vms is empty"),
+        (None, "", [{"vmid": 300, "vm_uuid": "../../etc"}], "uuid"),
+    ],
+    ids=["twice", "both", "uuid-outside", "none", "empty", "bad-uuid"],
+)
+def test_a_malformed_fleet_is_refused_before_any_step(vmid, vm_uuid, vms, cause):
+    """A VM listed twice would take its lock twice and be sealed twice in one run; a uuid outside its entry would
+    be given to every VM: each is refused, naming the cause."""
+    with pytest.raises(InputError) as refused:
+        plan.parse_fleet(vmid, vm_uuid, vms)
+    assert cause in str(refused.value)

@@ -20,12 +20,13 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec i
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.module_backends.node import built, verified
+from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal import engine
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.sealed import Sealed
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.module_backends.verified import failure
 from ansible_collections.ironclaw.sealed.plugins.module_utils._seal.vmdir import VmDir
 
-STEPS = ("identified", "placed", "planned", "sealed", "recorded", "cached")
+STEPS = ("requested", "identified", "placed", "planned", "sealed", "recorded", "cached")
 NODE_STEPS = ("sealed", "cached")
 
 
@@ -57,6 +58,8 @@ def argument_spec() -> ArgumentSpec:
             warn_days={"type": "int", "default": 14},
             cluster={"type": "str", "default": "default"},
             record={"type": "dict"},
+            # A fleet: the VMs of the run (identified), then each step's RV(vms) (no secret in them).
+            vms={"type": "raw"},
             now={"type": "str"},
         )
     )
@@ -96,13 +99,14 @@ class SealedAndVerified(Sealed):
         return {**out, "verified": [b["name"] for b in checked["blobs"]]}
 
 
-def sealed(p: dict, check_mode: bool) -> dict:
-    """Seal every secret (the keyslot created on first use), test-unseal them all, describe the sealed state."""
+def sealed(p: dict, check_mode: bool, backend=None) -> dict:
+    """Seal every secret (the keyslot created on first use), test-unseal them all, describe the sealed state.
+    On `backend` when the caller holds one open for a fleet."""
     vm = _vm(p)
     if not p["secrets"]:
         raise InputError("step=sealed needs secrets: a list of {name, content | content_base64}")
     params = _node_params(p, vm, "sealed")
-    out = SealedAndVerified(params, check_mode).run()
+    out = SealedAndVerified(params, check_mode).run(backend)
     if out["verified"] is None:
         return {**out, "verified": [], "statement": None}
     # Nothing to describe in check mode: the sealed state it would describe is not there yet.
@@ -128,12 +132,55 @@ def cached(p: dict, check_mode: bool, module) -> dict:
     return verified(params, check_mode, module.warn)
 
 
+def _fleet_entries(p: dict, *keys: str) -> list:
+    vms = p["vms"]
+    if (
+        not isinstance(vms, list)
+        or not vms
+        or not all(isinstance(e, dict) and all(e.get(k) for k in keys) for e in vms)
+    ):
+        raise InputError(f"step={p['step']} with vms needs a list of entries, each with {', '.join(keys)}")
+    return vms
+
+
+def fleet_sealed(p: dict, check_mode: bool) -> dict:
+    """Every VM of the fleet sealed and test-unsealed as step=sealed does, in this one run and under one backend
+    context (the TPM's context opened once); each VM under its own locks."""
+    entries = _fleet_entries(p, "identity")  # no policy key nor approval yet in check mode before the first run
+    out, changed = [], False
+    with open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as backend:
+        for entry in entries:
+            given = {
+                "identity": entry["identity"],
+                "policy_key": entry.get("policy_key"),
+                "approval": entry.get("approval"),
+            }
+            done = sealed({**p, **given}, check_mode, backend)
+            changed |= bool(done["changed"])
+            out.append({"identity": entry["identity"], **{k: v for k, v in done.items() if k != "changed"}})
+    return {"changed": changed, "vms": out}
+
+
+def fleet_cached(p: dict, check_mode: bool, module) -> dict:
+    """Every VM's recorded manifest verified and cached as step=cached does, in this one run."""
+    out, changed = [], False
+    for entry in _fleet_entries(p, "identity", "record"):
+        done = cached({**p, "identity": entry["identity"], "record": entry["record"]}, check_mode, module)
+        changed |= bool(done["changed"])
+        out.append({"identity": entry["identity"], **{k: v for k, v in done.items() if k != "changed"}})
+    return {"changed": changed, "vms": out}
+
+
 def run_step(module) -> dict:
     p = module.params
     if p["step"] not in NODE_STEPS:
         raise InputError(
             f"step={p['step']} runs on the controller through the collection's action plugin; "
             "call the module by its full name ironclaw.sealed.ironclaw_provision"
+        )
+    if p["vms"] is not None:
+        return (
+            fleet_cached(p, module.check_mode, module) if p["step"] == "cached" else fleet_sealed(p, module.check_mode)
         )
     if p["step"] == "cached":
         return cached(p, module.check_mode, module)

@@ -246,7 +246,8 @@ def manifest_policy(
 def sort_survivors(
     ledgers: dict[str, VmLedger], vms: list[dict], node: NodeView, now: datetime
 ) -> tuple[list[dict], list[dict]]:
-    """After an epoch bump on ``node``: (the VMs to re-approve, with their recorded PCR selection; the VMs refused).
+    """After an epoch bump on ``node``: (the VMs to re-approve, with their recorded PCR selection, creation time and
+    cluster; the VMs refused).
 
     Only VMs whose newest manifest places them on ``node`` are re-approved; a keyslot the ledger does not
     place there (a copy restored from a backup, a VM that moved away) is refused and reported.
@@ -264,5 +265,15 @@ def sort_survivors(
         except (PlacementError, DecommissionedError) as err:
             refused.append({"vmid": vm["vmid"], "vm_uuid": vm["vm_uuid"], "reason": str(err)})
             continue
-        placed.append({"vmid": vm["vmid"], "vm_uuid": vm["vm_uuid"], "pcrs": ledger.policy.pcrs})
+        subject = ledger.newest.subject
+        # The recorded creation time and cluster: what the VM's next statement must say again.
+        placed.append(
+            {
+                "vmid": vm["vmid"],
+                "vm_uuid": vm["vm_uuid"],
+                "pcrs": ledger.policy.pcrs,
+                "vm_ctime": subject.vm_ctime,
+                "cluster": subject.cluster,
+            }
+        )
     return placed, refused

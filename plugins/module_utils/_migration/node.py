@@ -197,7 +197,7 @@ def describe(state_dir: str, vms: list[dict], *, cluster: str, node_name: str) -
     out = {}
     for entry in vms:
         vm = _vm(state_dir, entry)
-        out[str(vm.vmid)] = _statement(state_dir, vm, entry, cluster, node_name)
+        out[str(vm.vmid)] = _statement(state_dir, vm, entry, entry.get("cluster") or cluster, node_name)
     return out
 
 

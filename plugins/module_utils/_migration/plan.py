@@ -84,10 +84,7 @@ def parse_request(variables: dict, inventory) -> MoveRequest:
     ironclaw_source, ironclaw_target); `inventory` is the set of inventory host names."""
     vmid, vms, vm_uuid = (variables.get(k) for k in ("ironclaw_vmid", "ironclaw_vms", "ironclaw_vm_uuid"))
     source, target = variables.get("ironclaw_source"), variables.get("ironclaw_target")
-    if _given(vmid) and vms is not None:
-        raise InputError("Give ironclaw_vmid (one VM) or ironclaw_vms (several), not both.")
-    if vms is not None and _given(vm_uuid):
-        raise InputError("With ironclaw_vms, give each VM's uuid in its entry ({vmid, vm_uuid}), not ironclaw_vm_uuid.")
+    _one_form(vmid, vm_uuid, vms)
     if (not _given(vmid) and vms is None) or not _given(source) or not _given(target):
         raise InputError(
             "Give the VM (or VMs) and both nodes: -e ironclaw_vmid=<VMID> (or -e ironclaw_vms=<VMID>,<VMID>,...) "
@@ -99,6 +96,22 @@ def parse_request(variables: dict, inventory) -> MoveRequest:
     for role, host in (("source", source), ("target", target)):
         if host not in inventory:
             raise InputError(f"Unknown {role} {host}: it is not in the inventory.")
+    return MoveRequest(source, target, parse_fleet(vmid, vm_uuid, vms))
+
+
+def _one_form(vmid, vm_uuid, vms) -> None:
+    if _given(vmid) and vms is not None:
+        raise InputError("Give ironclaw_vmid (one VM) or ironclaw_vms (several), not both.")
+    if vms is not None and _given(vm_uuid):
+        raise InputError("With ironclaw_vms, give each VM's uuid in its entry ({vmid, vm_uuid}), not ironclaw_vm_uuid.")
+
+
+def parse_fleet(vmid, vm_uuid, vms) -> tuple[FleetVm, ...]:
+    """The VMs a run names: one (`vmid`, `vm_uuid`) or several (`vms`: a list of VMIDs or of {vmid, vm_uuid}
+    entries, one entry, or "VMID,VMID,..."), each named once; the typed form migrate and provision share."""
+    _one_form(vmid, vm_uuid, vms)
+    if not _given(vmid) and vms is None:
+        raise InputError("Give the VM (or VMs): -e ironclaw_vmid=<VMID> (or -e ironclaw_vms=<VMID>,<VMID>,...).")
     entries = [_fleet_vm(entry) for entry in _entries(vmid, vm_uuid, vms)]
     if not entries:
         raise InputError("ironclaw_vms is empty: name at least one VM.")
@@ -107,8 +120,7 @@ def parse_request(variables: dict, inventory) -> MoveRequest:
         raise InputError(f"Not a VMID (100 to 999999999): {', '.join(bad)}.")
     if len({vmid for vmid, _uuid in entries}) != len(entries):
         raise InputError("A VM is listed twice: name each VM once.")
-    fleet = tuple(FleetVm(int(vmid), validate.vm_uuid(uuid) if uuid else "") for vmid, uuid in entries)
-    return MoveRequest(source, target, fleet)
+    return tuple(FleetVm(int(vmid), validate.vm_uuid(uuid) if uuid else "") for vmid, uuid in entries)
 
 
 def window_end(now: datetime, minutes) -> datetime:

@@ -24,8 +24,14 @@ class NodeState(ABC):
         self.approval = approval_from_dict(given, "approval") if given is not None else None
         self.backend = None
 
-    def run(self) -> dict:
+    def run(self, backend=None) -> dict:
+        """Under the VM's locks, on `backend` when the caller holds one open for several VMs (one TPM context for
+        a fleet), else on a backend opened for this VM."""
         p = self.params
+        if backend is not None:
+            self.backend = backend
+            with vm_locks(p, self.check_mode):
+                return self.plan_and_apply()
         with (
             open_backend(p["backend"], tcti=p["tcti"], state_dir=p["state_dir"]) as self.backend,
             vm_locks(p, self.check_mode),
