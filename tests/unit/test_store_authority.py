@@ -37,6 +37,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record
     parse_node_record,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.store import Store
+from rig.evidence import attestation
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -66,7 +67,7 @@ def snapshot(root) -> dict:
     return out
 
 
-def record(name: str = "node-a", srk_name: str = NODE_ID) -> NodeRecord:
+def record(name: str = "node-a", srk_name: str = NODE_ID, trust: str = "ca") -> NodeRecord:
     return NodeRecord(
         node=name,
         backend="tpm2",
@@ -75,6 +76,7 @@ def record(name: str = "node-a", srk_name: str = NODE_ID) -> NodeRecord:
         epoch_nv_index="0x01c10000",
         epoch_nv_name="000b" + "cc" * 32,
         enrolled_at="2030-05-01T00:00:00Z",
+        attestation=attestation(srk_name, "AAAA", trust),
     )
 
 
@@ -196,12 +198,17 @@ def test_node_record_payload_is_strict(mutate):
 
 
 def test_changed_srk_is_not_re_enrolled_without_replace():
-    facts = {**record().to_dict(), "provisioned": True, "srk_name": "000b" + "dd" * 32}
+    srk = "000b" + "dd" * 32
+    facts = {**record().to_dict(), "provisioned": True, "srk_name": srk}
+    evidence = attestation(srk, "AAAA")
     with pytest.raises(VerificationError, match="node_enroll_replace"):
-        record_to_sign(facts, "node-a", record(), False, NOW)
-    new, reason = record_to_sign(facts, "node-a", record(), True, NOW)
-    assert new.srk_name == "000b" + "dd" * 32 and reason == "re-enrolled"
-    same, reason = record_to_sign({**record().to_dict(), "provisioned": True}, "node-a", record(), False, NOW)
+        record_to_sign(facts, "node-a", record(), False, NOW, evidence)
+    new, reason = record_to_sign(facts, "node-a", record(), True, NOW, evidence)
+    assert new.srk_name == srk and reason == "re-enrolled"
+    assert new.attestation == evidence
+    same, reason = record_to_sign(
+        {**record().to_dict(), "provisioned": True}, "node-a", record(), False, NOW, attestation(NODE_ID, "AAAA")
+    )
     assert same is None and reason.startswith("already enrolled")
 
 
