@@ -59,6 +59,7 @@ RUN_OPTIONS = {
     "max_days": ("ironclaw_manifest_max_days", 90),
     "resign_days": ("ironclaw_manifest_resign_days", 30),
     "lock_timeout": ("ironclaw_lock_timeout", 300),
+    "allow_tofu_targets": ("ironclaw_allow_tofu_targets", False),
 }
 STEPS = ("requested", "inspected", "planned", "exported", "imported", "recorded", "cached", "revoked")
 
@@ -148,7 +149,7 @@ class ActionModule(IronclawAction):
         }
         request = plan.parse_request(variables, inventory)
         options = {key: self._var(name, default) for key, (name, default) in RUN_OPTIONS.items()}
-        for key in ("stop_vm", "migrate_vm"):
+        for key in ("stop_vm", "migrate_vm", "allow_tofu_targets"):
             options[key] = _bool(options[key])
         for key in ("window_minutes", "shutdown_timeout", "expires_days", "max_days", "resign_days", "lock_timeout"):
             try:
@@ -265,7 +266,11 @@ class ActionModule(IronclawAction):
             }
         if any(vm["status"] != "recorded" for vm in vms.values()):
             plan.check_target(
-                record, run["target"]["facts"], target=target, source_backend=run["source"]["facts"]["backend"]
+                record,
+                run["target"]["facts"],
+                target=target,
+                source_backend=run["source"]["facts"]["backend"],
+                allow_tofu=options["allow_tofu_targets"],
             )
         return {
             "changed": False,
