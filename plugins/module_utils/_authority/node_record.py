@@ -102,7 +102,7 @@ def record_to_sign(
         raise InputError(f"the facts of node '{node_name}' do not make a node record: {err}") from None
     if current is None:
         return new, "enrolled"
-    if _unchanged(current) == _unchanged(new):
+    if current.comparable() == new.comparable():
         return None, "already enrolled with this SRK"
     if current.srk_name != new.srk_name and not replace:
         raise VerificationError(
@@ -113,12 +113,6 @@ def record_to_sign(
     if current.attestation is None:
         return new, "enrolled with its attestation evidence"
     return new, "re-enrolled"
-
-
-def _unchanged(record: NodeRecord) -> dict:
-    """What must differ for a new record to be signed: not the times of enrollment or attestation."""
-    attestation = None if record.attestation is None else {**record.attestation, "attested_at": None}
-    return {**record.__dict__, "enrolled_at": None, "attestation": attestation}
 
 
 def verified_record(envelope_doc, roots: list[TrustRoot], node_name: str, now: datetime) -> NodeRecord:

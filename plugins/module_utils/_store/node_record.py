@@ -79,6 +79,12 @@ class NodeRecord:
         """How the EK was trusted at enrollment (ca, pin, tofu); None if never attested (software, format 2)."""
         return None if self.attestation is None else self.attestation["trust"]
 
+    def comparable(self) -> dict:
+        """What must differ for a new record to be signed (or a pending request replaced): not the times of
+        enrollment or attestation, which every run of the proof renews."""
+        attestation = None if self.attestation is None else {**self.attestation, "attested_at": None}
+        return {**self.__dict__, "enrolled_at": None, "attestation": attestation}
+
     def to_dict(self) -> dict:
         """The record as roles and the policy signer read it (the keys of format 1, enrolled_at, attestation)."""
         return {"format": NODE_RECORD_FORMAT, **self.__dict__}
