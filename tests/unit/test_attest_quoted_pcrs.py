@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import run_attest_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest import quoted_pcrs
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import QuoteError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, QuoteError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import NodeRecord
 from rig.attest import ek_ca, ek_tpm, ek_tpm_pair, evidence  # noqa: F401 pylint: disable=unused-import
 from rig.evidence import attestation
@@ -109,3 +109,54 @@ def test_unattested_record_binds_no_pcr_values(ek_tpm, tmp_path):
 def test_no_quote_is_refused(ek_tpm):
     with pytest.raises(QuoteError, match="no quote"):
         quoted_pcrs.quoted_binding(record_for(ek_tpm.tcti), SELECTION, b"n" * 32, {}, "pve1")
+
+
+# -- provision's approval takes its PCR binding from the quote (ironclaw_provision, step planned) -----------------
+def _provision_pcrs(tcti: str, tmp_path, node_facts: dict):
+    pytest.importorskip("ansible", reason="the action plugin runs on the controller (venv)")
+    from ansible_collections.ironclaw.sealed.plugins.action import ironclaw_provision  # noqa: PLC0415
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, trust_root  # noqa: PLC0415
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock  # noqa: PLC0415
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import (  # noqa: PLC0415
+        TrustKeyStore,
+    )
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import (  # noqa: PLC0415
+        NODE_PAYLOAD_TYPE,
+    )
+
+    key, now = Ed25519PrivateKey.generate(), clock(None)
+    root = trust_root.new_root([key], 1, issued_at=now, expires=now.replace(year=now.year + 1))
+    TrustKeyStore(str(tmp_path / "controller")).save_root(root, dsse.envelope_to_bytes(root))
+    envelope = dsse.sign(record_for(tcti).to_bytes(), NODE_PAYLOAD_TYPE, [key])
+    action = ironclaw_provision.ActionModule.__new__(ironclaw_provision.ActionModule)
+    args = {"node": node_facts, "controller_dir": str(tmp_path / "controller"), "node_name": "pve1"}
+    return action._quoted_pcrs(args, {"node_record": dsse.envelope_to_dict(envelope)}, now)
+
+
+def _pcr_quote(tcti: str, tmp_path) -> dict:
+    record_for(tcti)  # enrollment made the AK before any quote
+    nonce = quoted_pcrs.new_nonce()
+    answer = quote(tcti, tmp_path, nonce)
+    return {"selection": SELECTION, "nonce": base64.b64encode(nonce).decode(), "quote": answer["quote"]}
+
+
+def test_provision_binds_the_quoted_values(ek_tpm, tmp_path):
+    bound = _provision_pcrs(ek_tpm.tcti, tmp_path, {"pcr_quote": _pcr_quote(ek_tpm.tcti, tmp_path)})
+    assert bound["selection"] == SELECTION and len(bound["digest"]) == 64
+
+
+def test_provision_refuses_pcr_values_the_node_merely_reports(ek_tpm, tmp_path):
+    """The node's facts carry a digest of its own choosing and no quote: nothing is bound to it."""
+    reported = {"selection": SELECTION, "digest": "ab" * 32, "values": {}}
+    with pytest.raises(InputError, match="with a quote only"):
+        _provision_pcrs(ek_tpm.tcti, tmp_path, {"pcrs": reported})
+
+
+def test_provision_refuses_a_quote_whose_values_were_altered(ek_tpm, tmp_path):
+    quoted = _pcr_quote(ek_tpm.tcti, tmp_path)
+    quoted["quote"]["pcr_values"]["sha256:16"] = "cd" * 32
+    with pytest.raises(QuoteError):
+        _provision_pcrs(ek_tpm.tcti, tmp_path, {"pcr_quote": quoted})
