@@ -4,16 +4,24 @@
 
 The node (``ironclaw_node`` state=attested) reports its evidence, then answers a challenge made here: fresh
 credentials for its SRK and AK and a fresh quote nonce. The controller (module_utils/_attest) checks every link;
-the last one compares the SRK with the node's enrolled, signed record. The challenge's secrets and the node's
-answers to them stay in this action: only the links and the public evidence are returned.
+the last one compares the SRK with the node's enrolled record, whose signature this action verifies against the
+controller's own trust roots (DESIGN §7 A4): the store's word is not taken. With ``enroll`` the record link is left
+out and the evidence (``record``) goes to ironclaw_manifest state=enrolled, which signs it into the node record.
+The challenge's secrets and the node's answers to them stay in this action: only the links and the public evidence
+are returned.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 
-from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import ArgumentSpec, node_spec
+from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec import (
+    DEFAULT_CONTROLLER_DIR,
+    ArgumentSpec,
+    node_spec,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import EK_TYPE_NAMES
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest import ek_trust
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.proof import (
@@ -24,6 +32,8 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.proof impo
     Trust,
     parse_evidence,
 )
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import controller_roots
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import verified_record
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     AttestationError,
     FormatError,
@@ -46,6 +56,8 @@ def argument_spec() -> ArgumentSpec:
         ek_pin={"type": "str"},
         pcrs={"type": "str", "default": DEFAULT_PCRS},
         node_record={"type": "dict"},
+        controller_dir={"type": "path"},
+        enroll={"type": "bool", "default": False},
         ek_type={"type": "str", "choices": list(EK_TYPE_NAMES)},
     )
 
@@ -107,23 +119,23 @@ def decode_answers(result: dict, node: str) -> dict:
     return answers
 
 
-def check_record(proof: Proof, record: dict | None) -> None:
+def check_record(proof: Proof, record) -> None:
     """The last link: the SRK that just proved itself is the one the node's signed record was enrolled with."""
     srk = proof.evidence.srk.name.hex()
     if not record:
         detail = (
             f"the store holds no enrolled record of {proof.node} (enroll it first: playbook ironclaw.sealed.enroll)"
         )
-    elif str(record.get("srk_name", "")).lower() != srk:
+    elif record.srk_name.lower() != srk:
         detail = (
-            f"{proof.node} was enrolled with the SRK named {record.get('srk_name')} "
-            f"({record.get('enrolled_at', 'at an unknown time')}), but its TPM now holds the SRK named {srk}: "
+            f"{proof.node} was enrolled with the SRK named {record.srk_name} "
+            f"({record.enrolled_at}), but its TPM now holds the SRK named {srk}: "
             "the TPM was replaced or cleared, so the node cannot unseal what was sealed for it; re-enroll it "
             "(enroll with replace) and recover its VMs from backup or another node"
         )
     else:
         proof.links.append(
-            Link(RECORD_LINK, True, f"the SRK is the one enrolled at {record.get('enrolled_at')} ({srk[:20]}…)")
+            Link(RECORD_LINK, True, f"the SRK is the one enrolled at {record.enrolled_at} ({srk[:20]}…)")
         )
         return
     proof.links.append(Link(RECORD_LINK, False, detail))
@@ -141,14 +153,30 @@ class ActionModule(IronclawAction):
 
     def run_action(self, args: dict) -> dict:
         node = self._vars.get("inventory_hostname") or "this node"
-        record = args["node_record"]
-        if args["backend"] != "tpm2" or (record or {}).get("backend") == "software":
+        self.require_crypto()
+        now = clock(None)
+        controller_dir = os.path.expanduser(
+            args["controller_dir"]
+            or self._templar.template(self._vars.get("ironclaw_controller_dir", DEFAULT_CONTROLLER_DIR))
+        )
+        # A4: the record counts only once this controller's trust roots verified it for this node.
+        record = None
+        if args["node_record"] is not None:
+            record = verified_record(args["node_record"], controller_roots(controller_dir, now), node, now)
+        if args["backend"] != "tpm2" or (record is not None and record.backend == "software"):
+            if args["enroll"] and args["backend"] != "tpm2":
+                return {
+                    "changed": False,
+                    "links": [],
+                    "record": None,
+                    "msg": f"{node} uses the software backend: no TPM to attest; its record says so (test and "
+                    "development nodes only, never a target for a tpm2 VM)",
+                }
             raise InputError(
                 f"{node} is a software-backend node: it has no TPM, so there is nothing to attest (its keys live in "
                 "a file on the node, and it is never a target for a tpm2 VM)"
             )
-        self.require_crypto()
-        trust = Trust(args["ek_trust"], args["ek_ca_dir"], args["ek_pin"])
+        trust = Trust(args["ek_trust"], args["ek_ca_dir"] or os.path.join(controller_dir, "ek-ca"), args["ek_pin"])
         selection = PcrSelection.parse(args["pcrs"])
         node_args = {key: args[key] for key in ("state_dir", "backend", "lock_timeout")}
         # The node's own IRONCLAW_TCTI applies unless the task names one.
@@ -157,7 +185,7 @@ class ActionModule(IronclawAction):
         if "attestation" not in first:
             # Check mode on a node without an AK: the module only says it would create one.
             return {"changed": first.get("changed", False), "actions": first.get("actions", []), "links": []}
-        proof = Proof(decode_evidence(first["attestation"], node), trust, clock(None))
+        proof = Proof(decode_evidence(first["attestation"], node), trust, now)
         out = {"changed": bool(first.get("changed")), "actions": first.get("actions", [])}
         try:
             proof.check_identity()
@@ -165,9 +193,22 @@ class ActionModule(IronclawAction):
             second = self.run_module(NODE_MODULE, dict(node_args, state="attested", **request_args(challenge)))
             proof.check_answers(challenge, decode_answers(second, node))
             del challenge, second  # the secrets and the node's answers end here
-            check_record(proof, record)
+            if not args["enroll"]:
+                check_record(proof, record)
         except AttestationError as err:
-            out.update(failed=True, msg=str(err), error=type(err).__name__, links=report(proof), link=err.link)
+            out.update(failed=True, msg=str(err) + pin_hint(args, proof, err), error=type(err).__name__)
+            out.update(links=report(proof), link=err.link)
             return out
         out.update(links=report(proof), record=proof.record(), msg=f"{node}: every link of the proof passed")
         return out
+
+
+def pin_hint(args: dict, proof: Proof, err: AttestationError) -> str:
+    """An EK whose certificate does not verify (or is missing) may be pinned instead: say the value and how. Only
+    there: a failure at any later link is a reason to trust this TPM less, not to pin it."""
+    if err.link != "EK certificate chain":
+        return ""
+    return (
+        f". If this TPM is genuine and its EK certificate cannot be verified, pin its EK instead: set "
+        f"ironclaw_ek_trust: pin and ironclaw_ek_pin: '{ek_trust.ek_pin(proof.evidence.ek)}' for {proof.node}"
+    )

@@ -94,14 +94,20 @@ class ActionModule(IronclawAction):
         return signed_head_after(result, args["controller_dir"], now, self._write_head(args))
 
     def _enrolled(self, args: dict, now: datetime) -> dict:
-        """Sign and store a node's record from its facts (A4): the SRK may change only with replace."""
+        """Sign and store a node's record from its facts and its attestation evidence (A4, DESIGN §8): the SRK may
+        change only with replace."""
         listing = self._module({"state": "listed", "store_dir": args["store_dir"], "node_name": args["node_name"]})
         if listing.get("failed"):
             return listing
         checked_listing(listing, args["controller_dir"], now)
         roots = controller_roots(args["controller_dir"], now)
+        if self._task.check_mode and args["attestation"] is None and args["node_facts"].get("backend") == "tpm2":
+            # The proof needs the node's AK, which check mode does not create: enrollment would attest it first.
+            return {"changed": True, "node": None, "reason": "would attest the node's TPM, then sign its record"}
         current = current_record(listing["node_record"], roots, args["node_name"], args["replace"], now)
-        record, reason = record_to_sign(args["node_facts"], args["node_name"], current, args["replace"], now)
+        record, reason = record_to_sign(
+            args["node_facts"], args["node_name"], current, args["replace"], now, args["attestation"]
+        )
         if record is None:
             return {"changed": False, "node": current.to_dict(), "reason": reason}
         if self._task.check_mode:

@@ -16,6 +16,7 @@ import os
 
 from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible import manifest_states
+from ansible_collections.ironclaw.sealed.plugins.module_utils._attest import quoted_pcrs
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import verified_record
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, IronclawError
@@ -37,6 +38,7 @@ from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controlle
 )
 
 MODULE = "ironclaw.sealed.ironclaw_migration"
+NODE_MODULE = "ironclaw.sealed.ironclaw_node"
 STORE_MODULE = "ironclaw.sealed.ironclaw_manifest"
 DEFAULT_CONTROLLER_DIR = "~/.local/share/ironclaw"
 # A node's settings and their defaults (the roles' defaults, in one place for the action).
@@ -59,6 +61,7 @@ RUN_OPTIONS = {
     "max_days": ("ironclaw_manifest_max_days", 90),
     "resign_days": ("ironclaw_manifest_resign_days", 30),
     "lock_timeout": ("ironclaw_lock_timeout", 300),
+    "allow_tofu_targets": ("ironclaw_allow_tofu_targets", False),
 }
 STEPS = ("requested", "inspected", "planned", "exported", "imported", "recorded", "cached", "revoked")
 
@@ -135,6 +138,22 @@ class ActionModule(IronclawAction):
         content = build_hookscript({"state_dir": node["state_dir"], "cluster": node["cluster"]})
         return {"content": base64.b64encode(content).decode("ascii")}
 
+    def _quoted_pcrs(self, run: dict, selections: list[str], now) -> dict:
+        """Each selection's PCR values on the target, from a quote verified with the AK of its signed record (DESIGN
+        §8): approvals never bind values the node merely reports."""
+        host = run["hosts"]["target"]
+        record = verified_record(run["target_record"], controller_roots(run["controller_dir"], now), host, now)
+        node = run["nodes"]["target"]
+        where = {key: node[key] for key in ("backend", "state_dir") if node[key] is not None}
+        if node["tcti"]:
+            where["tcti"] = node["tcti"]
+        bound = {}
+        for selection in selections:
+            nonce = quoted_pcrs.new_nonce()
+            answer = self._module(NODE_MODULE, {**where, **quoted_pcrs.quote_request(selection, nonce)})
+            bound[selection] = quoted_pcrs.quoted_binding(record, selection, nonce, answer, host)
+        return bound
+
     def _bundle_path(self, run: dict, vm: dict) -> str:
         return os.path.join(run["controller_dir"], "transfer", f"{vm['vmid']}-{vm['vm_uuid']}.bundle.json")
 
@@ -148,7 +167,7 @@ class ActionModule(IronclawAction):
         }
         request = plan.parse_request(variables, inventory)
         options = {key: self._var(name, default) for key, (name, default) in RUN_OPTIONS.items()}
-        for key in ("stop_vm", "migrate_vm"):
+        for key in ("stop_vm", "migrate_vm", "allow_tofu_targets"):
             options[key] = _bool(options[key])
         for key in ("window_minutes", "shutdown_timeout", "expires_days", "max_days", "resign_days", "lock_timeout"):
             try:
@@ -265,7 +284,11 @@ class ActionModule(IronclawAction):
             }
         if any(vm["status"] != "recorded" for vm in vms.values()):
             plan.check_target(
-                record, run["target"]["facts"], target=target, source_backend=run["source"]["facts"]["backend"]
+                record,
+                run["target"]["facts"],
+                target=target,
+                source_backend=run["source"]["facts"]["backend"],
+                allow_tofu=options["allow_tofu_targets"],
             )
         return {
             "changed": False,
@@ -349,9 +372,7 @@ class ActionModule(IronclawAction):
         facts = run["target"]["facts"]
         selections = sorted({vm["pcrs"] for vm in moving if vm["pcrs"]})
         if selections:
-            facts = self._module(
-                MODULE, self._node_args(run, "target", "inspected", vms=[], pcrs=selections, pve=False)
-            )["node"]
+            facts = {**facts, "pcr_digests": self._quoted_pcrs(run, selections, now)}
         entries = []
         for vm in moving:
             approved = policy_state(

@@ -15,8 +15,10 @@ import os
 
 from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import run_state as policy_state
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.provision_states import argument_spec
+from ansible_collections.ironclaw.sealed.plugins.module_utils._attest import quoted_pcrs
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority import provision as rules
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
+from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import verified_record
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import read_regular
@@ -106,7 +108,16 @@ class ActionModule(IronclawAction):
             vm_nodes=args["vm_nodes"],
         )
         node = {k: v for k, v in facts.items() if k not in _NOT_FACTS}
+        self._quote(args, str(pcrs) if pcrs else None, node)
         return {"changed": False, "identity": identity, "node": node}
+
+    def _quote(self, args: dict, selection: str | None, node: dict) -> None:
+        """DESIGN §8: the approval binds the values of a quote under this controller's nonce, checked at planned
+        with the AK of the node's signed record, not the values the node read for its facts (one quote per run)."""
+        if selection and args["backend"] == "tpm2":
+            nonce = quoted_pcrs.new_nonce()
+            answer = self._module(NODE_MODULE, {**self._node_args(args), **quoted_pcrs.quote_request(selection, nonce)})
+            node["pcr_quote"] = {"selection": selection, "nonce": canonical.b64encode(nonce), "quote": answer["quote"]}
 
     def _placed(self, args: dict) -> dict:
         """On the store host: the VM's chain, verified here; refused unless it places the VM, active, on this node.
@@ -162,12 +173,26 @@ class ActionModule(IronclawAction):
                 "node_record": listing["node_record"],
                 "chain": listing["chain"],
                 "provision": True,
-                "pcrs": node.get("pcrs") or None,
+                "pcrs": self._quoted_pcrs(args, node, listing, clock(args["now"])),
                 "policy": args["policy"],
                 "now": args["now"],
             },
             self._check or check,
         )
+
+    def _quoted_pcrs(self, args: dict, node: dict, listing: dict, now) -> dict | None:
+        """The PCR binding of the approval: from the node's quote (identified), verified with the AK of its signed
+        record; a policy without PCRs binds none."""
+        quoted = node.get("pcr_quote")
+        if not quoted:
+            if node.get("pcrs"):
+                raise InputError("the node's PCR values come with a quote only (step identified, tpm2 backend)")
+            return None
+        record = verified_record(
+            listing["node_record"], controller_roots(args["controller_dir"], now), args["node_name"], now
+        )
+        nonce = canonical.b64decode(quoted["nonce"], "pcr_quote.nonce")
+        return quoted_pcrs.quoted_binding(record, quoted["selection"], nonce, quoted, args["node_name"])
 
     def _sealed(self, args: dict) -> dict:
         """Seal and test-unseal on the node in one module run; files are read here, in memory."""
@@ -321,6 +346,7 @@ class ActionModule(IronclawAction):
         facts = read["node"]
         node = {k: v for k, v in facts.items() if k not in _NOT_FACTS and k != "pcr_digests"}
         node["pcrs"] = facts["pcr_digests"].get(selection) if selection else None
+        self._quote(args, selection, node)
         vms = []
         for vm in fleet:
             identity = rules.vm_identity(

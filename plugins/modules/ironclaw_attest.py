@@ -15,7 +15,10 @@ description:
     and AK attributes. It then makes credentials for the SRK and the AK with TPM2_MakeCredential and a quote nonce.
     The node answers them with TPM2_ActivateCredential and TPM2_Quote, and the controller checks the answers.
   - The last link, C(record unchanged since enrollment), compares the SRK's name with the C(srk_name) of the
-    node's signed record (O(node_record)). A node whose TPM was replaced or cleared fails there, naming both names.
+    node's signed record (O(node_record)), whose signature is verified first against the controller's own trust
+    roots (in O(controller_dir)). A node whose TPM was replaced or cleared fails there, naming both names.
+  - With O(enroll=true) (the C(node_enroll) role) the record link is left out and the evidence is returned as
+    C(record), for M(ironclaw.sealed.ironclaw_manifest) C(state=enrolled) to sign into the node record.
   - The links, in order, are C(EK certificate chain) and C(EK public matches its certificate) (or C(EK pin), or
     C(EK trust) for tofu), C(SRK attributes), C(AK attributes), C(SRK activation), C(AK activation), C(quote),
     and C(record unchanged since enrollment). The task fails at the first broken link, and its message starts
@@ -35,7 +38,7 @@ options:
   ek_ca_dir:
     description:
       - Directory on the controller with the EK root and intermediate CA certificates (PEM), C(ironclaw_ek_ca_dir).
-        Required with O(ek_trust=ca).
+        Used with O(ek_trust=ca). Defaults to C(ek-ca) in O(controller_dir).
     type: path
   ek_pin:
     description:
@@ -48,9 +51,22 @@ options:
     default: sha256:0,7
   node_record:
     description:
-      - The node's verified record, the C(node) result of M(ironclaw.sealed.ironclaw_manifest) with
-        C(state=listed) and C(node_name). Without it, the last link fails.
+      - The node's signed record as the store holds it, the C(node_record) result of
+        M(ironclaw.sealed.ironclaw_manifest) with C(state=listed) and C(node_name). Its signature is checked
+        against the controller's trust roots before anything else; an unsigned or altered record is refused.
+        Without it, the last link fails.
     type: dict
+  controller_dir:
+    description:
+      - The controller directory whose trust roots verify O(node_record), and whose C(ek-ca) is the default of
+        O(ek_ca_dir). Defaults to C(ironclaw_controller_dir), else C(~/.local/share/ironclaw).
+    type: path
+  enroll:
+    description:
+      - Run the proof for an enrollment. The C(record unchanged since enrollment) link is left out, and a
+        software-backend node is reported as such (C(record) is null) instead of refused.
+    type: bool
+    default: false
   ek_type:
     description:
       - The EK to use, as in M(ironclaw.sealed.ironclaw_node). By default the first whose certificate is in NV.
@@ -74,7 +90,7 @@ attributes:
     description: Runs as an action plugin on the controller and calls the node twice.
     support: full
 notes:
-  - Software-backend nodes are refused, since they have no TPM to attest.
+  - Software-backend nodes are refused, since they have no TPM to attest (with O(enroll=true) they are reported).
   - Playbook C(ironclaw.sealed.attest) runs this for every node of C(ironclaw_nodes) and prints the links.
 seealso:
   - module: ironclaw.sealed.ironclaw_node
@@ -96,7 +112,7 @@ EXAMPLES = r"""
   ironclaw.sealed.ironclaw_attest:
     ek_trust: ca
     ek_ca_dir: /etc/ironclaw/ek-ca
-    node_record: "{{ listing.node }}"
+    node_record: "{{ listing.node_record }}"
   register: attestation
 """
 
@@ -118,7 +134,7 @@ link:
   type: str
 record:
   description: The public evidence (trust mode, EK public hash, certificate chain fingerprints, SRK and AK names and
-    public areas, time). It holds no secret.
+    public areas, time). It holds no secret. Null for a software-backend node with O(enroll=true).
   returned: when every link passed
   type: dict
 actions:

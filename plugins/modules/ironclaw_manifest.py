@@ -43,8 +43,9 @@ options:
         O(controller_dir)), never the store's copies.
       - C(verified) applies every rule on the node, optionally test-unseals, and caches the envelope and roots;
         with O(head), also checks the store head against the newest this node saw and caches it.
-      - C(enrolled) signs the node record of O(node_name) from O(node_facts) with the trust root (or through the
-        offline request exchange) and stores it; an enrolled node whose SRK changed is refused unless O(replace).
+      - C(enrolled) signs the node record of O(node_name) from O(node_facts) and O(attestation) with the trust root
+        (or through the offline request exchange) and stores it; an enrolled node whose SRK changed is refused unless
+        O(replace).
       - C(pinned) installs O(trust_roots) (the controller's) on the node; the first chain when the node holds
         none, later only the next newer roots.
     type: str
@@ -70,6 +71,13 @@ options:
     type: str
   node_facts:
     description: With O(state=enrolled), the node's facts (the result of M(ironclaw.sealed.ironclaw_node)).
+    type: dict
+  attestation:
+    description:
+      - With O(state=enrolled) on a tpm2 node, the evidence of its attestation proof (the C(record) result of
+        M(ironclaw.sealed.ironclaw_attest) with O(ironclaw.sealed.ironclaw_attest#module:enroll=true)), carried in
+        the signed node record. Required for tpm2 nodes (their SRK must be the attested one); refused for software
+        nodes, which have no TPM.
     type: dict
   replace:
     description: With O(state=enrolled), record a node whose SRK differs from its enrolled one (TPM replaced).

@@ -29,8 +29,11 @@ description:
     source) and from the play's variables (C(ironclaw_vmid) or C(ironclaw_vms), C(ironclaw_vm_uuid),
     C(ironclaw_source), C(ironclaw_target), C(ironclaw_migration_window_minutes), C(ironclaw_stop_vm),
     C(ironclaw_shutdown_timeout), C(ironclaw_migrate_vm), C(ironclaw_signing), C(ironclaw_sign_dir),
-    C(ironclaw_manifest_expires_days), C(ironclaw_manifest_max_days), C(ironclaw_manifest_resign_days)); see the
-    premigration_teardown role's argument specification.
+    C(ironclaw_manifest_expires_days), C(ironclaw_manifest_max_days), C(ironclaw_manifest_resign_days),
+    C(ironclaw_allow_tofu_targets)); see the premigration_teardown role's argument specification.
+  - A tpm2 target must be attested - its signed node record proves its SRK lives in a genuine TPM (EK trusted by
+    C(ca) or C(pin)). A target enrolled with C(tofu), or before attestation, is refused at C(planned) unless
+    C(ironclaw_allow_tofu_targets=true).
   - The node half (this module) is called by the action; calling it alone is not supported.
 options:
   step:

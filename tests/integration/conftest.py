@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from playbook_rig import ANSIBLE_PLAYBOOK, DEBIAN_PYTHON, Lab, Node
+from playbook_rig import ANSIBLE_PLAYBOOK, DEBIAN_PYTHON, Lab, Node, session_ek_ca
 
 from rig.swtpm import Swtpm
 
@@ -30,13 +30,13 @@ def playbook_tools():
 def lab(tmp_path_factory, playbook_tools):
     """A fresh lab with its own swtpm, shared by the tests of one module. Its nodes:
 
-    - nodeA: tpm2 backend on the swtpm, modules run by Debian's python3 (python3-tpm2-pytss 1.2,
-      python3-cryptography 38), as on a PVE 8 node;
+    - nodeA: tpm2 backend on the swtpm (EK certificates from the session's EK CA), modules run by Debian's python3
+      (python3-tpm2-pytss 1.2, python3-cryptography 38), as on a PVE 8 node;
     - nodeB: software backend, modules run by the test interpreter (PyPI releases);
     - nodeX: outside the ironclaw_nodes group, so enroll never touches it.
     """
     root = tmp_path_factory.mktemp("lab")
-    with Swtpm() as tpm:
+    with Swtpm(manufacture=session_ek_ca().manufacture) as tpm:
         yield Lab(
             root,
             [

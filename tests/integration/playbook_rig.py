@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from rig.counter import TpmCommandCounter
+from rig.ekca import EkCa
 from rig.swtpm import Swtpm
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +44,15 @@ VENV_BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = VENV_BIN / "ansible-playbook"
 DEBIAN_PYTHON = "/usr/bin/python3"
 PLAYBOOK_TIMEOUT = 180
+_session_ek_ca: list[EkCa] = []
+
+
+def session_ek_ca() -> EkCa:
+    """The EK CA of this test process: labs' swtpms carry its EK certificates, and their inventories name its trust
+    directory (ironclaw_ek_ca_dir), so nodes enroll attested in the default trust mode (ca), as real nodes do."""
+    if not _session_ek_ca:
+        _session_ek_ca.append(EkCa("ironclaw-session"))
+    return _session_ek_ca[0]
 
 
 def vm_uuid_of(node: str, vmid: int) -> str:
@@ -151,6 +161,7 @@ class Node:
     python: str
     tcti: str | None = None
     enrolled_group: bool = True
+    ek_trust: str | None = None  # ironclaw_ek_trust when not the default (ca): tofu for a swtpm without EK certificates
 
     def host_vars(self) -> dict:
         hostvars = {
@@ -160,14 +171,18 @@ class Node:
         }
         if self.tcti:
             hostvars["ironclaw_tcti"] = self.tcti
+        if self.ek_trust:
+            hostvars["ironclaw_ek_trust"] = self.ek_trust
         return hostvars
 
 
 class Lab:
     """A controller directory, nodes, secrets and an inventory in one temporary directory."""
 
-    def __init__(self, root: Path, nodes: list[Node], secrets_of: Lab | None = None):
-        """`secrets_of`: take that lab's secrets instead of new random ones (a copy of it, see enrolled_lab)."""
+    def __init__(self, root: Path, nodes: list[Node], secrets_of: Lab | None = None, ek_ca: EkCa | None = None):
+        """`secrets_of`: take that lab's secrets instead of new random ones (a copy of it, see enrolled_lab).
+        `ek_ca`: the CA whose certificates the nodes' swtpms carry (default: session_ek_ca())."""
+        self.ek_ca = ek_ca
         # Where ansible finds ironclaw.sealed: the checkout, or an installed tarball.
         self.collections_path = COLLECTIONS
         self.root = root
@@ -216,6 +231,7 @@ class Lab:
                     "ansible_connection": "local",
                     "ironclaw_pve": False,
                     "ironclaw_controller_dir": str(self.controller_dir),
+                    "ironclaw_ek_ca_dir": str((self.ek_ca or session_ek_ca()).trust_dir),
                 },
             }
         }
@@ -371,13 +387,14 @@ def enrolled_lab(
     nodes: list[tuple[str, str, str]],
     provision: tuple[tuple[str, int], ...] = (),
     counted: bool = False,
-    manufacture=None,
+    ek_ca: EkCa | None = None,
 ):
     """A lab of (name, backend, python) nodes, a swtpm of its own for each tpm2 node, initialised and enrolled, with
     (node, vmid) VMs provisioned; every swtpm is stopped on the way out. With `counted`, each swtpm sits behind a
     TPM command counter (lab.counters[name]), and the lab is built by the playbooks, so the counters see every
-    command; otherwise it is a copy of a template (lab_from_template). `manufacture` (an EkCa's ``manufacture``)
-    gives every swtpm EK certificates from that CA; its repr (the CA's directory) is part of the template's key."""
+    command; otherwise it is a copy of a template (lab_from_template). Every swtpm carries EK certificates from
+    `ek_ca` (default: session_ek_ca()), whose repr (the CA's directory) is part of the template's key."""
+    ek_ca = ek_ca or session_ek_ca()
 
     def build(lab: Lab) -> None:
         lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
@@ -390,16 +407,16 @@ def enrolled_lab(
             lab.provision_fleet(node, vmids)
 
     if counted:
-        with _built_lab(root, nodes, build, counted=True, manufacture=manufacture) as lab:
+        with _built_lab(root, nodes, build, counted=True, ek_ca=ek_ca) as lab:
             yield lab
         return
-    key = ("enrolled", tuple(nodes), tuple(provision), repr(manufacture) if manufacture is not None else None)
-    with lab_from_template(root, key, nodes, build, manufacture=manufacture) as lab:
+    key = ("enrolled", tuple(nodes), tuple(provision), repr(ek_ca))
+    with lab_from_template(root, key, nodes, build, ek_ca=ek_ca) as lab:
         yield lab
 
 
 @contextlib.contextmanager
-def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]], build, manufacture=None):
+def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]], build, ek_ca: EkCa | None = None):
     """A lab of (name, backend, python) nodes on which `build(lab)` ran, for a fixture whose test does not test that
     setup itself. The playbook runs are paid once per process for each `key`: the first lab is built, kept aside
     with its TPMs' states (a template), and later labs are copies of it on swtpms started from those states (new
@@ -408,7 +425,7 @@ def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]],
     that every copy has the same keys and secrets as its template."""
     template = _templates.get(key)
     if template is None or time.monotonic() - template.built > TEMPLATE_MAX_AGE:
-        template = _templates[key] = _make_template(nodes, build, manufacture)
+        template = _templates[key] = _make_template(nodes, build, ek_ca or session_ek_ca())
     with contextlib.ExitStack() as stack:
         made = []
         for node in template.lab.nodes.values():
@@ -416,7 +433,7 @@ def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]],
             if node.backend == "tpm2":
                 tcti = stack.enter_context(Swtpm(state_from=template.root / "tpm" / node.name)).tcti
             made.append(Node(node.name, node.backend, root / node.name, node.python, tcti=tcti))
-        lab = Lab(root, made, secrets_of=template.lab)
+        lab = Lab(root, made, secrets_of=template.lab, ek_ca=template.lab.ek_ca)
         lab.counters = {}
         for entry in template.lab.root.iterdir():
             if entry.name in LAB_OWN_FILES:
@@ -428,10 +445,10 @@ def lab_from_template(root: Path, key: tuple, nodes: list[tuple[str, str, str]],
         yield lab
 
 
-def _make_template(nodes, build, manufacture=None) -> _Template:
+def _make_template(nodes, build, ek_ca: EkCa) -> _Template:
     root = Path(tempfile.mkdtemp(prefix="ironclaw-lab-template-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    with _built_lab(root / "lab", nodes, build, keep_tpms=root / "tpm", manufacture=manufacture) as lab:
+    with _built_lab(root / "lab", nodes, build, keep_tpms=root / "tpm", ek_ca=ek_ca) as lab:
         ports = [node.tcti.rsplit("=", 1)[1] for node in lab.nodes.values() if node.tcti]
         needles = [str(lab.root).encode(), *(f"port={port}".encode() for port in ports)]
         for path in sorted(lab.root.rglob("*")):
@@ -444,7 +461,7 @@ def _make_template(nodes, build, manufacture=None) -> _Template:
 
 
 @contextlib.contextmanager
-def _built_lab(root: Path, nodes, build, counted: bool = False, keep_tpms: Path | None = None, manufacture=None):
+def _built_lab(root: Path, nodes, build, counted: bool = False, keep_tpms: Path | None = None, ek_ca=None):
     """A lab built by `build(lab)`; with `keep_tpms`, each swtpm's state is copied there once it has stopped."""
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -452,13 +469,13 @@ def _built_lab(root: Path, nodes, build, counted: bool = False, keep_tpms: Path 
         for name, backend, python in nodes:
             tcti = None
             if backend == "tpm2":
-                tpm = tpms[name] = stack.enter_context(Swtpm(manufacture=manufacture))
+                tpm = tpms[name] = stack.enter_context(Swtpm(manufacture=(ek_ca or session_ek_ca()).manufacture))
                 tcti = tpm.tcti
                 if counted:
                     counters[name] = stack.enter_context(TpmCommandCounter(tpm))
                     tcti = counters[name].tcti
             made.append(Node(name, backend, root / name, python, tcti=tcti))
-        lab = Lab(root, made)
+        lab = Lab(root, made, ek_ca=ek_ca)
         lab.counters = counters
         build(lab)
         if keep_tpms is not None:

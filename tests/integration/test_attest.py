@@ -7,11 +7,13 @@ on a node whose swtpm was manufactured with EK certificates by a test CA."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import sys
 
 import pytest
-from playbook_rig import DEBIAN_PYTHON, enrolled_lab
+from playbook_rig import DEBIAN_PYTHON, Lab, Node, enrolled_lab
 
 from rig.attest import PROOF_LINKS_CA, ek_ca, other_ek_ca, provisioned  # noqa: F401 pylint: disable=unused-import
 from rig.swtpm import Swtpm
@@ -21,13 +23,16 @@ pytestmark = pytest.mark.swtpm
 NODE = "pve1"
 LINKS = (*PROOF_LINKS_CA, "record unchanged since enrollment")
 # A standalone base64 value of 32 bytes (what a credential secret or a nonce looks like on the wire).
+# Measured: 57 for init + enroll of one node (provisioning, the AK's creation and activation, the proof's two
+# activations and one quote); the ceiling leaves a little room, not a second proof.
+ENROLL_TPM_CEILING = 60
 B64_32 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{43}=(?![A-Za-z0-9+/=])")
 
 
 @pytest.fixture
 def lab(tmp_path, playbook_tools, ek_ca):
     # pylint: disable-next=contextmanager-generator-missing-cleanup
-    with enrolled_lab(tmp_path, [(NODE, "tpm2", DEBIAN_PYTHON)], manufacture=ek_ca.manufacture) as made:
+    with enrolled_lab(tmp_path, [(NODE, "tpm2", DEBIAN_PYTHON)], ek_ca=ek_ca) as made:
         yield made
 
 
@@ -99,3 +104,45 @@ def test_software_node_is_refused_with_nothing_changed(tmp_path, playbook_tools)
         assert "software-backend node: it has no TPM, so there is nothing to attest" in done.stdout
         assert printed(done.stdout) == []
         assert lab.snapshot() == before
+
+
+# -- enrollment runs the proof and signs its evidence into the node record (DESIGN §8) ---------------------------
+def record_payload(lab, node: str = NODE) -> dict:
+    envelope = json.loads((lab.controller_dir / "store" / "nodes" / f"{node}.json").read_text())
+    return json.loads(base64.b64decode(envelope["payload"]))
+
+
+def test_enroll_signs_the_attestation_evidence_into_the_node_record(lab, ek_ca):
+    record = record_payload(lab)
+    attestation = record["attestation"]
+    assert record["format"] == "ironclaw-node-record/3"
+    assert attestation["trust"] == "ca" and len(attestation["ek_chain"]) == 3
+    assert attestation["srk_name"] == record["srk_name"]
+    assert attestation["ek_public_sha256"].startswith("sha256:")
+
+
+def test_enroll_from_another_ca_is_refused_with_the_pin_printed_then_enrolls_by_pin(
+    tmp_path, playbook_tools, other_ek_ca
+):
+    """A TPM whose EK certificate does not chain to ironclaw_ek_ca_dir: no record is signed; the refusal prints the
+    pin and the variables to set; with them the node enrolls, and its record says pin."""
+    with Swtpm(manufacture=other_ek_ca.manufacture) as tpm:
+        lab = Lab(tmp_path, [Node(NODE, "tpm2", tmp_path / NODE, DEBIAN_PYTHON, tcti=tpm.tcti)])
+        lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
+        refused = lab.run("enroll", expect_fail=True)
+        assert "EK certificate chain: FAILED" in refused.stdout
+        assert not (lab.controller_dir / "store" / "nodes" / f"{NODE}.json").exists()
+        pins = set(re.findall(r"ironclaw_ek_pin: '(sha256:[0-9a-f]{64})'", refused.stdout))
+        assert len(pins) == 1 and "ironclaw_ek_trust: pin" in refused.stdout
+        lab.run("enroll", "-e", "ironclaw_ek_trust=pin", "-e", f"ironclaw_ek_pin={pins.pop()}")
+        assert record_payload(lab)["attestation"]["trust"] == "pin"
+
+
+def test_enroll_tpm_command_ceiling(tmp_path, playbook_tools, ek_ca):
+    """init + enroll of one tpm2 node, counted at the swtpm: provisioning, the AK, both activations and a quote."""
+    # pylint: disable-next=contextmanager-generator-missing-cleanup
+    with enrolled_lab(tmp_path, [(NODE, "tpm2", DEBIAN_PYTHON)], counted=True, ek_ca=ek_ca) as made:
+        counts = made.counters[NODE].by_name()
+    total = sum(counts.values())
+    assert counts.get("Quote") == 1, counts
+    assert total <= ENROLL_TPM_CEILING, counts

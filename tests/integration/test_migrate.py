@@ -358,3 +358,36 @@ def test_the_public_roles_migrate_a_fleet_as_the_playbook_does(lab, tmp_path):
     assert history(lab)[-1]["node"]["name"] == "nodeB"
     lab.verify("nodeA", NEIGHBOUR)
     assert not list(lab.root.rglob("*.bundle.json"))
+
+
+# -- the target must be attested (DESIGN §8) ---------------------------------------------------------------------
+def test_tofu_target_is_refused_with_nothing_changed_then_allowed_explicitly(lab, tmp_path):
+    """nodeB re-enrolled with ironclaw_ek_trust=tofu: nothing proves its SRK is a TPM's, so it receives no VM root
+    key unless the run allows tofu targets by name."""
+    lab.run("enroll", "-l", "nodeB", "-e", "ironclaw_ek_trust=tofu")
+    before = lab.snapshot()
+    done = migrate(lab, expect_fail=True)
+    assert "The target nodeB was enrolled with ironclaw_ek_trust=tofu" in done.stdout, done.stdout[-3000:]
+    assert "ironclaw_allow_tofu_targets: true" in done.stdout and "Nothing was changed." in done.stdout
+    assert lab.snapshot() == before
+    migrate(lab, "-e", "ironclaw_allow_tofu_targets=true")
+    assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
+
+
+def test_tampered_target_record_stops_the_migration_with_nothing_changed(untouched_lab):
+    """The target's signed record altered in the store (its SRK swapped for an attacker's key): refused, named."""
+    record = untouched_lab.controller_dir / "store" / "nodes" / "nodeB.json"
+    original = record.read_bytes()
+    envelope = json.loads(original)
+    payload = json.loads(base64.b64decode(envelope["payload"]))
+    payload["srk_name"] = payload["attestation"]["srk_name"] = "000b" + "ab" * 32
+    envelope["payload"] = base64.b64encode(json.dumps(payload, sort_keys=True).encode()).decode()
+    record.write_text(json.dumps(envelope))
+    try:
+        before = untouched_lab.snapshot()
+        done = migrate(untouched_lab, expect_fail=True)
+        assert "nodes/nodeB.json" in done.stdout, done.stdout[-3000:]
+        assert "Nothing was changed." in done.stdout
+        assert untouched_lab.snapshot() == before
+    finally:
+        record.write_bytes(original)

@@ -109,10 +109,15 @@ def test_enroll_records_each_node(enrolled: Lab):
         record_path = enrolled.controller_dir / "store" / "nodes" / f"{node}.json"
         assert mode(record_path) == 0o600
         envelope = json.loads(record_path.read_text())
-        # A4: a DSSE envelope signed by the trust root, over a format-2 record.
+        # A4: a DSSE envelope signed by the trust root, over a format-3 record (with the attestation evidence).
         assert envelope["payloadType"] == "application/vnd.ironclaw.node.v1+json" and envelope["signatures"]
         record = json.loads(base64.b64decode(envelope["payload"]))
-        assert record["format"] == "ironclaw-node-record/2"
+        assert record["format"] == "ironclaw-node-record/3"
+        # DESIGN §8: the TPM node's record carries its proof (EK chained to the session CA); no TPM, no proof.
+        if backend == "tpm2":
+            assert record["attestation"]["trust"] == "ca" and record["attestation"]["srk_name"] == record["srk_name"]
+        else:
+            assert record["attestation"] is None
         assert record["node"] == node
         assert record["backend"] == backend
         assert record["srk_name"] and record["epoch_nv_name"] and record["srk_public"]
@@ -395,7 +400,11 @@ def test_provision_on_a_node_that_is_not_enrolled(enrolled: Lab):
 def test_tpm_commands_per_vm_not_per_secret(playbook_tools, counted_swtpm, tmp_path: Path):
     # A node of its own behind the counting proxy; the tpm2 backend on the test
     # interpreter here (tpm2-pytss from PyPI), where nodeA covers Debian's.
-    lab = Lab(tmp_path, [Node("nodeC", "tpm2", tmp_path / "nodeC", sys.executable, tcti=counted_swtpm.tcti)])
+    # Its swtpm has no EK certificate: attestation is not what this counts, so the node enrolls as tofu.
+    lab = Lab(
+        tmp_path,
+        [Node("nodeC", "tpm2", tmp_path / "nodeC", sys.executable, tcti=counted_swtpm.tcti, ek_trust="tofu")],
+    )
     lab.run("init", "-e", f"ironclaw_controller_dir={lab.controller_dir}")
     lab.run("enroll")
     many = lab.write_secrets(

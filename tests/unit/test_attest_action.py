@@ -14,14 +14,27 @@ import json
 import pytest
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import run_attest_state
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    FormatError,
+    InputError,
+    ThresholdError,
+    VerificationError,
+)
+from ansible_collections.ironclaw.sealed.plugins.module_utils._crypto.lib import Ed25519PrivateKey
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse, trust_root
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
+from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import NODE_PAYLOAD_TYPE, NodeRecord
 from rig.attest import PROOF_LINKS_CA, ek_ca, ek_tpm, ek_tpm_pair, other_ek_ca  # noqa: F401 pylint: disable=unused-import
+from rig.evidence import attestation
 
 pytest.importorskip("ansible", reason="the action plugin runs on the controller (venv)")
 
 from ansible_collections.ironclaw.sealed.plugins.action import ironclaw_attest  # noqa: E402
 
 pytestmark = pytest.mark.swtpm
+KEY = Ed25519PrivateKey.generate()
 
 
 class Run:
@@ -32,7 +45,17 @@ class Run:
         self.action = ironclaw_attest.ActionModule.__new__(ironclaw_attest.ActionModule)
         self.action._vars = {"inventory_hostname": "pve1"}
         self.action.run_module = self._node
-        self.args = dict(ironclaw_attest.argument_spec().defaults(), state_dir=str(state_dir), lock_timeout=5.0)
+        controller_dir = state_dir / "controller"
+        if not controller_dir.exists():
+            now = clock(None)
+            root = trust_root.new_root([KEY], 1, issued_at=now, expires=now.replace(year=now.year + 1))
+            TrustKeyStore(str(controller_dir)).save_root(root, dsse.envelope_to_bytes(root))
+        self.args = dict(
+            ironclaw_attest.argument_spec().defaults(),
+            state_dir=str(state_dir),
+            lock_timeout=5.0,
+            controller_dir=str(controller_dir),
+        )
         self.args.update(args)
         self.tcti = tcti
 
@@ -72,8 +95,23 @@ def keys_of(value) -> set:
     return set()
 
 
-def record_of(srk_name: str) -> dict:
-    return {"node": "pve1", "backend": "tpm2", "srk_name": srk_name, "enrolled_at": "2026-12-01T10:00:00Z"}
+def record_of(srk_name: str, signer=KEY, node: str = "pve1") -> dict:
+    """The node's record as the store holds it: signed by the trust root (KEY) unless another signer is given."""
+    record = NodeRecord(
+        node=node,
+        backend="tpm2",
+        srk_name=srk_name,
+        srk_public="AAEAAQ==",
+        epoch_nv_index="0x01c10000",
+        epoch_nv_name="000b" + "ee" * 32,
+        enrolled_at="2026-12-01T10:00:00Z",
+        attestation=attestation(srk_name, "AAEAAQ=="),
+    )
+    return dsse.envelope_to_dict(dsse.sign(record.to_bytes(), NODE_PAYLOAD_TYPE, [signer]))
+
+
+def payload_of(envelope: dict) -> dict:
+    return canonical.loads(dsse.parse_envelope(envelope, "record").payload, "record")
 
 
 def test_genuine_tpm_passes_every_link_in_order(ek_tpm, ek_ca, tmp_path):
@@ -86,7 +124,7 @@ def test_genuine_tpm_passes_every_link_in_order(ek_tpm, ek_ca, tmp_path):
         ironclaw_attest.RECORD_LINK,
     ]
     assert all(link["passed"] and link["line"].startswith(link["name"] + ": passed") for link in result["links"])
-    assert result["record"]["srk_name"] == run.args["node_record"]["srk_name"]
+    assert result["record"]["srk_name"] == payload_of(run.args["node_record"])["srk_name"]
 
 
 def test_secret_leak_activation_answers_absent_from_the_result(ek_tpm, ek_ca, tmp_path):
@@ -150,7 +188,58 @@ def test_software_backend_is_refused_before_any_node_call(tmp_path):
     run = Run("unused", tmp_path, ek_trust="tofu", backend="software")
     with pytest.raises(InputError, match="nothing to attest"):
         run()
-    run = Run("unused", tmp_path, ek_trust="tofu", node_record={**record_of("00"), "backend": "software"})
-    with pytest.raises(InputError, match="software-backend"):
+    assert run.node_results == []
+
+
+# -- the node record is verified here, not taken from the playbook (DESIGN §7 A4) --------------------------------
+def test_forged_record_signed_by_another_key_is_refused_before_the_node_is_asked(ek_tpm, ek_ca, tmp_path):
+    run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
+    srk = run.srk_name()
+    run.args["node_record"] = record_of(srk, signer=Ed25519PrivateKey.generate())
+    with pytest.raises(ThresholdError):
         run()
+    assert run.node_results == []
+
+
+def test_unsigned_record_dict_is_refused(ek_tpm, ek_ca, tmp_path):
+    """What the playbook passed before: the record's payload as a plain dict. Anyone could write one."""
+    run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
+    run.args["node_record"] = payload_of(record_of(run.srk_name()))
+    with pytest.raises(FormatError):
+        run()
+    assert run.node_results == []
+
+
+def test_swapped_record_of_another_node_is_refused(ek_tpm, ek_ca, tmp_path):
+    run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
+    run.args["node_record"] = record_of(run.srk_name(), node="pve2")
+    with pytest.raises(VerificationError, match="swapped"):
+        run()
+    assert run.node_results == []
+
+
+# -- enrollment (enroll=true): the evidence for the signed record ------------------------------------------------
+def test_enroll_returns_the_evidence_without_the_record_link(ek_tpm, ek_ca, tmp_path):
+    run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir), enroll=True)
+    result = run()
+    assert not result.get("failed"), result
+    assert [link["name"] for link in result["links"]] == list(PROOF_LINKS_CA)
+    assert result["record"]["trust"] == "ca" and len(result["record"]["ek_chain"]) == 3
+    assert result["record"]["srk_name"] == run.srk_name()
+
+
+def test_enroll_refused_at_the_chain_prints_the_pin_and_how_to_set_it(ek_tpm, other_ek_ca, tmp_path):
+    run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(other_ek_ca.trust_dir), enroll=True)
+    refused = run()
+    assert refused["failed"] and refused["error"] == "EkChainError" and "record" not in refused
+    pin = refused["msg"].split("ironclaw_ek_pin: '", 1)[1].split("'", 1)[0]
+    assert "ironclaw_ek_trust: pin" in refused["msg"]
+    run = Run(ek_tpm.tcti, tmp_path, ek_trust="pin", ek_pin=pin, enroll=True)
+    assert run()["record"]["trust"] == "pin"
+
+
+def test_enroll_of_a_software_node_records_no_attestation(tmp_path):
+    run = Run("unused", tmp_path, ek_trust="ca", backend="software", enroll=True)
+    result = run()
+    assert result["record"] is None and "no TPM to attest" in result["msg"]
     assert run.node_results == []

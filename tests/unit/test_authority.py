@@ -39,6 +39,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import d
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.keystore import TrustKeyStore
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.verify import envelope_digest
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import NODE_PAYLOAD_TYPE, NodeRecord
+from rig.evidence import attestation
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -413,6 +414,7 @@ def _node_record(name: str, srk: str, *, enrolled_at: datetime = NOW - DAY, back
         epoch_nv_index="0x01500000" if backend == "tpm2" else None,
         epoch_nv_name=("000b" + "ee" * 32) if backend == "tpm2" else None,
         enrolled_at=canonical.utc_timestamp(enrolled_at),
+        attestation=attestation(srk, "AAEAAQ==") if backend == "tpm2" else None,
     )
 
 

@@ -3,6 +3,7 @@ test per rule, each refusal asserted by type and by the cause it names."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     InputError,
     PlacementError,
     PolicyError,
+    UnattestedTargetError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._migration import plan
 
@@ -194,6 +196,36 @@ def test_target_with_another_srk_is_refused():
     plan.check_target(record, FACTS, target="node-b", source_backend="tpm2")
     with pytest.raises(PlacementError, match="TPM cleared or replaced"):
         plan.check_target(record, {**FACTS, "srk_name": A.id}, target="node-b", source_backend="tpm2")
+
+
+def _with_trust(record, trust):
+    """The record as enrolled with another trust mode (None: enrolled before attestation, format 2)."""
+    evidence = None if trust is None else {**record.attestation, "trust": trust, "ek_chain": []}
+    return dataclasses.replace(record, attestation=evidence)
+
+
+@pytest.mark.parametrize("trust", ["tofu", None], ids=["tofu", "pre-attestation"])
+def test_tofu_target_refused_naming_the_node_and_the_flag(trust):
+    """A target nothing proves to be a TPM would receive a VM's root key: refused unless allowed explicitly."""
+    record = _with_trust(_node_record("node-b", B.id), trust)
+    with pytest.raises(UnattestedTargetError) as err:
+        plan.check_target(record, FACTS, target="node-b", source_backend="tpm2")
+    assert "node-b" in str(err.value) and "ironclaw_allow_tofu_targets: true" in str(err.value)
+    plan.check_target(record, FACTS, target="node-b", source_backend="tpm2", allow_tofu=True)
+
+
+@pytest.mark.parametrize("trust", ["ca", "pin"])
+def test_attested_target_is_accepted(trust):
+    record = _node_record("node-b", B.id)
+    if trust == "pin":
+        record = _with_trust(record, "pin")
+    plan.check_target(record, FACTS, target="node-b", source_backend="tpm2")
+
+
+def test_software_target_needs_no_attestation():
+    """Software nodes have no TPM (test and development only): they are never attested, and move among themselves."""
+    record = _node_record("node-b", B.id, backend="software")
+    plan.check_target(record, {**FACTS, "backend": "software"}, target="node-b", source_backend="software")
 
 
 # -- before anything is signed --------------------------------------------------------------------------------

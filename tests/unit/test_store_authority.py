@@ -37,6 +37,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record
     parse_node_record,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.store import Store
+from rig.evidence import attestation
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -66,7 +67,7 @@ def snapshot(root) -> dict:
     return out
 
 
-def record(name: str = "node-a", srk_name: str = NODE_ID) -> NodeRecord:
+def record(name: str = "node-a", srk_name: str = NODE_ID, trust: str = "ca") -> NodeRecord:
     return NodeRecord(
         node=name,
         backend="tpm2",
@@ -75,6 +76,7 @@ def record(name: str = "node-a", srk_name: str = NODE_ID) -> NodeRecord:
         epoch_nv_index="0x01c10000",
         epoch_nv_name="000b" + "cc" * 32,
         enrolled_at="2030-05-01T00:00:00Z",
+        attestation=attestation(srk_name, "AAAA", trust),
     )
 
 
@@ -196,13 +198,66 @@ def test_node_record_payload_is_strict(mutate):
 
 
 def test_changed_srk_is_not_re_enrolled_without_replace():
-    facts = {**record().to_dict(), "provisioned": True, "srk_name": "000b" + "dd" * 32}
+    srk = "000b" + "dd" * 32
+    facts = {**record().to_dict(), "provisioned": True, "srk_name": srk}
+    evidence = attestation(srk, "AAAA")
     with pytest.raises(VerificationError, match="node_enroll_replace"):
-        record_to_sign(facts, "node-a", record(), False, NOW)
-    new, reason = record_to_sign(facts, "node-a", record(), True, NOW)
-    assert new.srk_name == "000b" + "dd" * 32 and reason == "re-enrolled"
-    same, reason = record_to_sign({**record().to_dict(), "provisioned": True}, "node-a", record(), False, NOW)
+        record_to_sign(facts, "node-a", record(), False, NOW, evidence)
+    new, reason = record_to_sign(facts, "node-a", record(), True, NOW, evidence)
+    assert new.srk_name == srk and reason == "re-enrolled"
+    assert new.attestation == evidence
+    same, reason = record_to_sign(
+        {**record().to_dict(), "provisioned": True}, "node-a", record(), False, NOW, attestation(NODE_ID, "AAAA")
+    )
     assert same is None and reason.startswith("already enrolled")
+
+
+def test_unattested_tpm_node_is_not_enrolled():
+    """A TPM node's record is signed only with the evidence of its proof: a playbook that skips the proof gets none."""
+    facts = {**record().to_dict(), "provisioned": True}
+    with pytest.raises(InputError, match="attestation proof"):
+        record_to_sign(facts, "node-a", None, False, NOW)
+
+
+def test_proof_of_another_srk_is_not_signed_into_the_record():
+    """The proof ran against one TPM, the facts came from another (or the SRK changed in between): nothing signed."""
+    facts = {**record().to_dict(), "provisioned": True}
+    with pytest.raises(VerificationError, match="another TPM"):
+        record_to_sign(facts, "node-a", None, False, NOW, attestation("000b" + "dd" * 32, "AAAA"))
+
+
+def test_software_node_record_carries_no_attestation():
+    facts = {**record().to_dict(), "provisioned": True, "backend": "software"}
+    with pytest.raises(InputError, match="no TPM"):
+        record_to_sign(facts, "node-a", None, False, NOW, attestation(NODE_ID, "AAAA"))
+    new, _reason = record_to_sign(facts, "node-a", None, False, NOW)
+    assert new.attestation is None and new.trust is None
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda a: {**a, "srk_name": "000b" + "dd" * 32},
+        lambda a: {**a, "trust": "trusted"},
+        lambda a: {**a, "ek_chain": []},
+        lambda a: {**a, "extra": 1},
+        lambda a: {k: v for k, v in a.items() if k != "ak_public"},
+    ],
+    ids=["other-srk", "bad-trust", "ca-without-chain", "unknown-field", "missing-field"],
+)
+def test_tampered_attestation_in_a_node_record_is_refused(mutate):
+    doc = record().to_dict()
+    doc["attestation"] = mutate(doc["attestation"])
+    with pytest.raises(FormatError):
+        parse_node_record(canonical.dumps(doc), "record")
+
+
+def test_pre_attestation_record_parses_without_evidence():
+    """Format 2 records (enrolled before attestation) still verify; they carry no evidence (trust None)."""
+    doc = {**record().to_dict(), "format": "ironclaw-node-record/2"}
+    del doc["attestation"]
+    parsed = parse_node_record(canonical.dumps(doc), "record")
+    assert parsed.attestation is None and parsed.trust is None
 
 
 # ------------------------------------------------------------------------- A5 store head

@@ -84,6 +84,7 @@ def argument_spec() -> ArgumentSpec:
             migration={"type": "dict"},
             node_record={"type": "dict"},
             node_facts={"type": "dict"},
+            attestation={"type": "dict"},
             replace={"type": "bool", "default": False},
             head={"type": "dict"},
         )

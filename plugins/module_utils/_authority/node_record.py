@@ -57,16 +57,35 @@ def verify_node_record(envelope_doc, root: TrustRoot, node_name: str, now: datet
 
 
 def record_to_sign(
-    facts: dict, node_name: str, current: NodeRecord | None, replace: bool, now: datetime
+    facts: dict,
+    node_name: str,
+    current: NodeRecord | None,
+    replace: bool,
+    now: datetime,
+    attestation: dict | None = None,
 ) -> tuple[NodeRecord | None, str]:
     """The record to sign for a node's enrollment, or (None, why not) when the current one stands.
 
-    ``facts`` are the node's ironclaw_node facts (provisioned). A node whose SRK differs from its
-    enrolled one (TPM cleared or replaced) is re-enrolled only with ``replace``: every VM sealed
-    on it is lost.
+    ``facts`` are the node's ironclaw_node facts (provisioned); ``attestation`` is the evidence of the proof the
+    controller just ran against the node (``Proof.record()``, DESIGN §8): a tpm2 node is enrolled only with it, and
+    only if it attests this very SRK; a software node has no TPM and no attestation. A node whose SRK differs from
+    its enrolled one (TPM cleared or replaced) is re-enrolled only with ``replace``: every VM sealed on it is lost.
     """
     if not facts.get("provisioned"):
         raise InputError(f"node '{node_name}' is not provisioned: run ironclaw_node state=present first")
+    if facts["backend"] == "tpm2" and attestation is None:
+        raise InputError(
+            f"node '{node_name}' has a TPM: it is enrolled with its attestation proof (ironclaw_attest enroll=true, "
+            "as the node_enroll role runs it) and nothing else"
+        )
+    if facts["backend"] != "tpm2" and attestation is not None:
+        raise InputError(f"node '{node_name}' uses the {facts['backend']} backend: it has no TPM to attest")
+    if attestation is not None and str(attestation.get("srk_name", "")).lower() != str(facts["srk_name"]).lower():
+        raise VerificationError(
+            f"the attestation proof of '{node_name}' was run against the SRK named "
+            f"{str(attestation.get('srk_name'))[:20]}…, but the node reports the SRK {str(facts['srk_name'])[:20]}…: "
+            "another TPM answered one of the two; nothing is signed"
+        )
     new = NodeRecord(
         node=node_name,
         backend=facts["backend"],
@@ -75,6 +94,7 @@ def record_to_sign(
         epoch_nv_index=facts.get("epoch_nv_index"),
         epoch_nv_name=facts.get("epoch_nv_name"),
         enrolled_at=canonical.utc_timestamp(now),
+        attestation=attestation,
     )
     try:
         new = parse_node_record(new.to_bytes(), f"node record of '{node_name}'")
@@ -82,8 +102,7 @@ def record_to_sign(
         raise InputError(f"the facts of node '{node_name}' do not make a node record: {err}") from None
     if current is None:
         return new, "enrolled"
-    same = {**current.__dict__, "enrolled_at": None} == {**new.__dict__, "enrolled_at": None}
-    if same:
+    if current.comparable() == new.comparable():
         return None, "already enrolled with this SRK"
     if current.srk_name != new.srk_name and not replace:
         raise VerificationError(
@@ -91,6 +110,8 @@ def record_to_sign(
             "cleared or replaced?). Every VM sealed on it is unrecoverable there. Set node_enroll_replace=true to "
             "record the new SRK."
         )
+    if current.attestation is None:
+        return new, "enrolled with its attestation evidence"
     return new, "re-enrolled"
 
 

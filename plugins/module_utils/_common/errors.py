@@ -114,6 +114,11 @@ class PlacementError(PolicyError):
     """The signed ledger does not place the VM where an approval or grant would put it."""
 
 
+class UnattestedTargetError(PlacementError):
+    """A migration (or recovery) target whose signed record does not prove a genuine TPM: enrolled with tofu, or
+    before attestation existed (DESIGN §8); allowed only with ironclaw_allow_tofu_targets."""
+
+
 class RecordedPolicyError(PolicyError):
     """A request contradicts the VM's policy as its signed manifest records it."""
 

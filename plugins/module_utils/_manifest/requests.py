@@ -160,14 +160,15 @@ def exchange(sign_dir: str, manifest: Manifest) -> tuple[dsse.Envelope | None, s
 
 def exchange_node_record(sign_dir: str, record: NodeRecord) -> tuple[dsse.Envelope | None, str]:
     """Like exchange, for a node record: the signed envelope if it came back, else the request's path.
-    A pending request for the same node, key and epoch counter is kept (its enrolled_at is what gets signed)."""
+    A pending request for the same node, key, epoch counter and evidence is kept (its enrolled_at and attested_at are
+    what gets signed)."""
     ensure_dir(sign_dir, 0o700)
     request_path = os.path.join(sign_dir, f"node-{record.node}{REQUEST_SUFFIX}")
     if os.path.exists(request_path):
         pending = read_request(request_path)
         if pending.payload_type != NODE_PAYLOAD_TYPE:
             raise FormatError(f"{request_path} is not a node record request")
-        if {**pending.document.__dict__, "enrolled_at": None} == {**record.__dict__, "enrolled_at": None}:
+        if pending.document.comparable() == record.comparable():
             envelope = _returned(pending)
             return (envelope, pending.signed_path) if envelope is not None else (None, request_path)
         remove_file(pending.signed_path)

@@ -21,6 +21,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
     InputError,
     PlacementError,
     PolicyError,
+    UnattestedTargetError,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 
@@ -198,9 +199,13 @@ def status_of(ledger, vmid: int, source: str, target: str, *, target_keyslot: bo
     return "imported" if target_keyslot and target_bundle else "pending"
 
 
-def check_target(record, facts: dict, *, target: str, source_backend: str) -> None:
-    """The target must be enrolled (its signed record verified by the caller), on the source's backend, and answer
-    with the enrolled SRK. Each refusal names its own cause."""
+ALLOW_TOFU = "ironclaw_allow_tofu_targets: true"
+
+
+def check_target(record, facts: dict, *, target: str, source_backend: str, allow_tofu: bool = False) -> None:
+    """The target must be enrolled (its signed record verified by the caller), on the source's backend, attested
+    (a tpm2 target whose record proves a genuine TPM: EK trusted by ca or pin, DESIGN §8; tofu or unattested only
+    with ``allow_tofu``), and answer with the enrolled SRK. Each refusal names its own cause."""
     if record is None:
         raise PlacementError(
             f"The target {target} is not enrolled (no record in the store): run ironclaw.sealed.enroll for it first."
@@ -214,6 +219,17 @@ def check_target(record, facts: dict, *, target: str, source_backend: str) -> No
         raise PlacementError(
             f"The target {target} was enrolled with the {record.backend} backend, but its inventory settings "
             f"(ironclaw_backend) name {facts.get('backend')}: fix the inventory."
+        )
+    if record.backend == "tpm2" and record.trust not in ("ca", "pin") and not allow_tofu:
+        why = (
+            "was enrolled before attestation: its signed record carries no proof"
+            if record.trust is None
+            else "was enrolled with ironclaw_ek_trust=tofu: nothing proves"
+        )
+        raise UnattestedTargetError(
+            f"The target {target} {why} that its SRK lives in a genuine TPM, and a VM's root key handed to a key "
+            f"outside one is readable by whoever holds it. Enroll {target} again with ironclaw_ek_trust ca "
+            f"(ironclaw_ek_ca_dir) or pin (ironclaw_ek_pin), or allow such targets explicitly with {ALLOW_TOFU}."
         )
     if not facts.get("provisioned") or facts.get("srk_name") != record.srk_name:
         raise PlacementError(

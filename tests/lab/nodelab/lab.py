@@ -322,6 +322,10 @@ class Lab:
             "ironclaw_pve": True,
             "ironclaw_tcti": state["tcti"],
             "ironclaw_cluster": state["cluster"],
+            # The lab's swtpms carry no EK certificates (yet): its nodes enroll as tofu, which the migration
+            # scenarios then have to allow explicitly (docs/attestation.md).
+            "ironclaw_ek_trust": "tofu",
+            "ironclaw_allow_tofu_targets": True,
         }
         lines.append("      vars:")
         # JSON scalars are YAML scalars: strings come out quoted, booleans as true/false.
