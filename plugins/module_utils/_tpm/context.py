@@ -8,9 +8,13 @@ import contextlib
 import os
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import BackendError, TpmError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.rc import connection_lost, describe
 
 DEFAULT_TCTI = "device:/dev/tpmrm0"
 TCTI_ENV = "IRONCLAW_TCTI"
+# The TCTI this process opened last: a module talks to one TPM, and an error that says the connection broke
+# names it (tpm_errors is called from many places that do not carry the tcti).
+_opened = {"tcti": None}
 
 
 def resolve_tcti(tcti: str | None) -> str:
@@ -32,12 +36,14 @@ def pytss():
 
 def open_esapi(tcti: str):
     t = pytss()
+    _opened["tcti"] = tcti
     try:
         return t.ESAPI(tcti)
     except Exception as exc:  # tss2 raises TSS2_Exception, or OSError/RuntimeError from the TCTI loader
         raise TpmError(
-            f"cannot reach the TPM at tcti '{tcti}': {exc}. Check that the TPM (or swtpm) is running and that "
-            "the tcti option (or IRONCLAW_TCTI) names it, e.g. 'device:/dev/tpmrm0' or 'swtpm:host=127.0.0.1,port=2321'"
+            f"cannot reach the TPM at tcti '{tcti}': {describe(exc, tcti)}. "
+            "Check that the TPM (or swtpm) is running and that the tcti option (or IRONCLAW_TCTI) names it, "
+            "e.g. 'device:/dev/tpmrm0' or 'swtpm:host=127.0.0.1,port=2321'"
         ) from exc
 
 
@@ -48,4 +54,12 @@ def tpm_errors(what: str, hint: str = ""):
     try:
         yield
     except t.TSS2_Exception as exc:
-        raise TpmError(f"{what}: the TPM refused ({exc}){'. ' + hint if hint else ''}") from exc
+        raise TpmError(f"{what}: {refusal(exc)}{'. ' + hint if hint else ''}") from exc
+
+
+def refusal(exc: BaseException) -> str:
+    """How a tss2 failure reads in our messages: the TPM refused, or the connection to it broke."""
+    text = describe(exc, _opened["tcti"])
+    if connection_lost(exc):
+        return f"the TPM could not be reached ({text})"
+    return f"the TPM refused ({text})"
