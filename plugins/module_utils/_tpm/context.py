@@ -54,6 +54,8 @@ def tpm_errors(what: str, hint: str = ""):
     try:
         yield
     except t.TSS2_Exception as exc:
+        # The hint explains a refusal; when the TPM could not be reached it would mislead.
+        hint = "" if connection_lost(exc) else hint
         raise TpmError(f"{what}: {refusal(exc)}{'. ' + hint if hint else ''}") from exc
 
 

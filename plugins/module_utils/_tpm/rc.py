@@ -202,8 +202,9 @@ class ResponseCode:
 
     @property
     def connection_lost(self) -> bool:
-        """The TPM could not be talked to (rather than refused): a TCTI or resource-manager failure."""
-        return self.layer in ("TCTI", "RESMGR")
+        """The TPM could not be talked to (rather than refused): a TCTI or resource-manager failure, or ESAPI's
+        BAD_SEQUENCE, which is what every call returns after the connection broke in the middle of a command."""
+        return self.layer in ("TCTI", "RESMGR") or self.name == "TSS2_ESYS_RC_BAD_SEQUENCE"
 
 
 def decode(rc: int) -> ResponseCode:
