@@ -7,11 +7,14 @@ its state (as after a reboot) nothing is lost: the keyslot unseals, the epoch mo
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from test_tpm_backend import VM, Slot, provisioned
 from test_tpm_backend import keys as keys  # noqa: F401 - the fixture, requested by name
+from test_tpm_migration import export, import_here, seal_on, unseal_on
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import TpmError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
+from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
 
 pytestmark = pytest.mark.swtpm
 
@@ -78,3 +81,51 @@ def test_tpm_killed_at_each_command_of_epoch_bump_moves_it_at_most_once(counted_
 
     # The survivor check signs a fresh approval at the epoch the TPM has: it unseals at old or new epoch alike.
     assert dies_at_each_command(counted_swtpm, tmp_path, bump, keys) >= 1
+
+
+def _fresh(counted, run):
+    """``run(node)`` on a TpmNode opened afresh; the TPM dies at each of its commands in turn (see above)."""
+    with TpmNode(counted.tcti) as node:
+        node.epoch()
+        counted.counter.reset()
+        run(node)
+        total = counted.counter.total
+    for n in range(1, total + 1):
+        with TpmNode(counted.tcti) as node:
+            node.epoch()
+            counted.counter.die_at(n, then=counted.swtpm.stop)
+            try:
+                run(node)
+            except TpmError as err:
+                message = str(err)
+                assert "could not be reached" in message and f"tcti '{counted.tcti}'" in message, (n, message)
+            else:
+                assert counted.counter.commands()[-1] == "FlushContext", (n, counted.counter.commands())
+        counted.counter.die_at(None)
+        counted.swtpm.start()
+        yield n
+    print(f"TPM killed at each of {total} commands: converged every time")
+
+
+def test_tpm_killed_at_each_command_of_export_and_import_converges(counted_swtpm_pair):
+    source, target = counted_swtpm_pair
+    for counted in (source, target):
+        with TpmNode(counted.tcti) as node:
+            node.provision()
+    key = ec.generate_private_key(ec.SECP256R1())
+    with TpmNode(source.tcti) as a:
+        slot = seal_on(a, key)
+    vrk, public, _private, key_public, key_name = slot
+
+    def export_once(a):
+        with TpmNode(target.tcti) as b:
+            return export(a, key, slot, b)
+
+    for _n in _fresh(source, export_once):
+        with TpmNode(source.tcti) as a:  # the source keeps its keyslot, and can still export it
+            assert unseal_on(a, key, *slot[1:]) == vrk
+            duplicate, seed = export_once(a)
+    for _n in _fresh(target, lambda b: import_here(b, public=public, duplicate=duplicate, seed=seed)):
+        with TpmNode(target.tcti) as b:  # a re-run of the import converges
+            new_private = import_here(b, public=public, duplicate=duplicate, seed=seed)
+            assert unseal_on(b, key, public, new_private, key_public, key_name) == vrk
