@@ -20,21 +20,33 @@ description:
     TPM2_ActivateCredential (RV(activation)) and, given O(nonce), quotes O(pcrs) (RV(quote)). The node decides
     nothing; the controller verifies (docs/attestation.md).
   - With O(state=quoted), only quotes O(pcrs) with the AK and the controller's O(nonce).
+  - With O(state=checked), checks the node's health and reports each item in plain words with its fix (RV(checks)),
+    without changing anything - the TCTI (device and permissions, or the swtpm port), the TPM vendor and firmware,
+    the dictionary-attack lockout, free object slots, the PCR banks of O(pcrs), the SRK and its template, the epoch NV
+    index, the library versions, the O(state_dir) owner, mode and free space, and the clock against O(controller_time).
+    A failed check does not fail the task; RV(healthy) and RV(problems) say what is wrong (playbook doctor).
 options:
   state:
     description:
       - C(gathered) only reads. C(present) provisions what is missing and is a no-op on a provisioned node.
       - C(attested) reports attestation evidence (creating the AK once), answers O(credentials) and quotes
         with O(nonce). C(quoted) quotes O(pcrs) with O(nonce).
+      - C(checked) reports the node's health (RV(checks)); it only reads.
     type: str
     default: gathered
-    choices: [gathered, present, attested, quoted]
+    choices: [gathered, present, attested, quoted, checked]
   pcrs:
     description:
       - PCR selection to read, for example C(sha256:0,7); the values and their digest are returned for approvals.
       - Not available with the software backend.
       - With O(state=attested) or O(state=quoted), the PCRs to quote (default C(sha256:0,7)).
+      - With O(state=checked), the PCRs whose banks must be allocated (default C(sha256:0,7)).
     type: str
+  controller_time:
+    description:
+      - The controller's clock (Unix time, seconds) when it started the task; with O(state=checked), the node's clock
+        is compared with it (more than 300 seconds apart fails the check).
+    type: float
   nonce:
     description:
       - Base64 qualifying data for the quote (8 to 64 bytes), drawn fresh by the controller.
@@ -115,6 +127,13 @@ EXAMPLES = r"""
     nonce: "{{ challenge.nonce }}"
     pcrs: sha256:0,7
   register: attestation
+
+- name: Check the node's health; each item with its fix
+  ironclaw.sealed.ironclaw_node:
+    state: checked
+    controller_time: "{{ now(utc=true).timestamp() }}"
+  register: health
+  # health.healthy, health.summary (one line per check), health.problems (the failed ones)
 
 - name: Where is VM 100, and what is its identity?
   ironclaw.sealed.ironclaw_node:
@@ -211,6 +230,40 @@ quote:
       C(pcr_values) the values read right after (hex, keyed C(bank:index)), C(pcrs) the selection. Or C(error).
   returned: when O(nonce) is set
   type: dict
+healthy:
+  description: Whether no check failed (warnings do not count).
+  returned: when O(state=checked)
+  type: bool
+checks:
+  description: Each check in order; nothing secret (names, versions, counters, modes).
+  returned: when O(state=checked)
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: What was checked.
+      type: str
+      sample: epoch NV index
+    status:
+      description: C(ok), C(warn), C(fail) or C(skipped) (an earlier failure kept it from running).
+      type: str
+      sample: fail
+    detail:
+      description: What was found, in plain words.
+      type: str
+    fix:
+      description: What to do about it (empty when there is nothing to do).
+      type: str
+summary:
+  description: One line per check, C(STATUS name - detail -> fix - ...), for the human summary.
+  returned: when O(state=checked)
+  type: list
+  elements: str
+problems:
+  description: The lines of the failed checks.
+  returned: when O(state=checked)
+  type: list
+  elements: str
 pve_node:
   description: This host's Proxmox VE node name (its hostname up to the first dot, as Proxmox names nodes).
   returned: when O(pve=true) and O(vmid) is set
@@ -261,13 +314,16 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.proxmox i
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock import locked
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
+from ansible_collections.ironclaw.sealed.plugins.module_utils._node.check import run_checks
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
+from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.context import resolve_tcti
 
 
 def argument_spec() -> ArgumentSpec:
     return node_spec().update_argspec(
-        state={"type": "str", "default": "gathered", "choices": ["gathered", "present", *ATTEST_STATES]},
+        state={"type": "str", "default": "gathered", "choices": ["gathered", "present", *ATTEST_STATES, "checked"]},
         pcrs={"type": "str"},
+        controller_time={"type": "float"},
         nonce={"type": "str"},
         credentials={
             "type": "dict",
@@ -297,6 +353,11 @@ def main():
         with failing_on_errors(module):
             result = run_attest_state(p, module.check_mode)
         module.exit_json(**result)
+    if p["state"] == "checked":
+        with failing_on_errors(module):
+            pcrs = PcrSelection.parse(p["pcrs"]) if p["pcrs"] else None
+            report = run_checks(p["backend"], resolve_tcti(p["tcti"]), p["state_dir"], pcrs, p["controller_time"])
+        module.exit_json(changed=False, backend=p["backend"], **report.to_result())
     with failing_on_errors(module):
         pcrs = PcrSelection.parse(p["pcrs"]) if p["pcrs"] else None
         actions = []

@@ -116,6 +116,8 @@ class TpmCommandCounter:
         self._conns: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._stopping = threading.Event()
+        self._die_at: int | None = None
+        self._on_death = None
         self._cmd_listener, self._ctrl_listener = bind_port_pair(host)
         for listener in (self._cmd_listener, self._ctrl_listener):
             listener.listen(64)
@@ -149,6 +151,15 @@ class TpmCommandCounter:
     def reset(self) -> None:
         with self._lock:
             self._commands.clear()
+
+    def die_at(self, n: int | None, then=None) -> None:
+        """Make the n-th command from now (1-based) never reach the TPM: the proxy drops the connection, as a
+        TPM that dies mid-operation does, then calls ``then`` (e.g. the Swtpm's ``stop``). None disarms it.
+
+        Commands are counted again from zero, so ``commands()`` afterwards lists the ones up to the death."""
+        with self._lock:
+            self._commands.clear()
+            self._die_at, self._on_death = n, then
 
     def stop(self) -> None:
         self._stopping.set()
@@ -218,6 +229,13 @@ class TpmCommandCounter:
             # always finds its command already counted.
             with self._lock:
                 self._commands.append(command_name(code))
+                dies = self._die_at is not None and len(self._commands) == self._die_at
+                if dies:
+                    self._die_at, on_death = None, self._on_death
+            if dies:
+                if on_death is not None:
+                    on_death()
+                return
             upstream.sendall(frame)
             response = _recv_frame(upstream)
             if response is None:

@@ -75,7 +75,8 @@ class Grant:
 
 
 def grant_from_dict(doc: object, what: str) -> Grant:
-    if isinstance(doc, dict) and doc.get("format") in _REFUSED_FORMATS:
+    # A format that is not a string (a list, an object) is not hashable: signed_policy_fields refuses it.
+    if isinstance(doc, dict) and isinstance(doc.get("format"), str) and doc["format"] in _REFUSED_FORMATS:
         raise FormatError(
             f"{what}: format '{doc['format']}' is no longer accepted: {_REFUSED_FORMATS[doc['format']]}. "
             f"Have the controller sign a new grant ('{GRANT_FORMAT}'): re-run the migrate playbook"

@@ -14,7 +14,8 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 # TPM_ALG_ID and digest sizes of the banks we accept.
 BANKS = {"sha1": (0x0004, 20), "sha256": (0x000B, 32), "sha384": (0x000C, 48)}
 PCR_COUNT = 24
-_BANK_RE = re.compile(r"^(sha1|sha256|sha384):(\d{1,2}(?:,\d{1,2})*)$")
+# [0-9], not \d (which also matches other scripts' digits), and fullmatch, not $ (which allows a final newline).
+_BANK_RE = re.compile(r"(sha1|sha256|sha384):([0-9]{1,2}(?:,[0-9]{1,2})*)")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class PcrSelection:
             raise InputError(f"PCR selection must be a string like 'sha256:0,7', got {text!r}")
         banks: dict[str, tuple[int, ...]] = {}
         for part in text.replace(" ", "").split("+"):
-            m = _BANK_RE.match(part)
+            m = _BANK_RE.fullmatch(part)
             if not m:
                 raise InputError(
                     f"PCR selection {text!r} is not of the form 'sha256:0,7' "

@@ -8,9 +8,13 @@ import contextlib
 import os
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import BackendError, TpmError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.rc import connection_lost, describe
 
 DEFAULT_TCTI = "device:/dev/tpmrm0"
 TCTI_ENV = "IRONCLAW_TCTI"
+# The TCTIs this process has open: an error that says the connection broke names them (tpm_errors is called
+# from many places that do not carry the tcti). A module talks to one TPM; tests may hold two.
+_open: list[str] = []
 
 
 def resolve_tcti(tcti: str | None) -> str:
@@ -33,12 +37,21 @@ def pytss():
 def open_esapi(tcti: str):
     t = pytss()
     try:
-        return t.ESAPI(tcti)
+        ctx = t.ESAPI(tcti)
     except Exception as exc:  # tss2 raises TSS2_Exception, or OSError/RuntimeError from the TCTI loader
         raise TpmError(
-            f"cannot reach the TPM at tcti '{tcti}': {exc}. Check that the TPM (or swtpm) is running and that "
-            "the tcti option (or IRONCLAW_TCTI) names it, e.g. 'device:/dev/tpmrm0' or 'swtpm:host=127.0.0.1,port=2321'"
+            f"cannot reach the TPM at tcti '{tcti}': {describe(exc, tcti)}. "
+            "Check that the TPM (or swtpm) is running and that the tcti option (or IRONCLAW_TCTI) names it, "
+            "e.g. 'device:/dev/tpmrm0' or 'swtpm:host=127.0.0.1,port=2321'"
         ) from exc
+    _open.append(tcti)
+    return ctx
+
+
+def closed(tcti: str) -> None:
+    """A TPM context opened with open_esapi was closed."""
+    if tcti in _open:
+        _open.remove(tcti)
 
 
 @contextlib.contextmanager
@@ -48,4 +61,15 @@ def tpm_errors(what: str, hint: str = ""):
     try:
         yield
     except t.TSS2_Exception as exc:
-        raise TpmError(f"{what}: the TPM refused ({exc}){'. ' + hint if hint else ''}") from exc
+        # The hint explains a refusal; when the TPM could not be reached it would mislead.
+        hint = "" if connection_lost(exc) else hint
+        raise TpmError(f"{what}: {refusal(exc)}{'. ' + hint if hint else ''}") from exc
+
+
+def refusal(exc: BaseException, tcti: str | None = None) -> str:
+    """How a tss2 failure reads in our messages: the TPM refused, or the connection to it broke."""
+    names = [tcti] if tcti else list(dict.fromkeys(_open))
+    text = describe(exc, "' or '".join(names) if names else None)
+    if connection_lost(exc):
+        return f"the TPM could not be reached ({text})"
+    return f"the TPM refused ({text})"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import PolicyError, TpmError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy import digest as pd
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm import compat, templates
-from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.context import pytss, tpm_errors
+from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.context import pytss, refusal, tpm_errors
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
 
 
@@ -133,7 +133,7 @@ def unseal_vrk(
         except t.TSS2_Exception as exc:
             current = node.epoch()
             if current == epoch:
-                raise TpmError(f"the epoch check failed at epoch {epoch}: {exc}") from exc
+                raise TpmError(f"the epoch check failed at epoch {epoch}: {refusal(exc)}") from exc
             raise PolicyError(
                 f"the approval is for epoch {epoch} but this node is at epoch {current}: it was revoked; "
                 "the controller must sign a new approval (re-run the seal role or provision playbook)"

@@ -8,7 +8,13 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.facts import NodeFacts
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import BANKS, PcrSelection
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm import templates
-from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.context import open_esapi, pytss, tpm_errors
+from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.context import (
+    closed,
+    open_esapi,
+    pytss,
+    refusal,
+    tpm_errors,
+)
 
 _PCR_READ_MAX = 8  # TPML_DIGEST holds at most 8 digests per PCR_Read
 
@@ -41,6 +47,7 @@ class TpmNode:
                     pass
         self._srk = self._srk_public = self._epoch_nv = None
         self.ctx.close()
+        closed(self.tcti)
 
     def __enter__(self):
         return self
@@ -64,7 +71,9 @@ class TpmNode:
         except self.t.TSS2_Exception as exc:
             if exc.error == self.t.TPM2_RC.HANDLE:
                 return None
-            raise TpmError(f"reading handle 0x{handle:08x} from the TPM at '{self.tcti}' failed: {exc}") from exc
+            raise TpmError(
+                f"reading handle 0x{handle:08x} from the TPM at '{self.tcti}' failed: {refusal(exc, self.tcti)}"
+            ) from exc
 
     def srk(self, required: bool = True):
         if self._srk is None:
