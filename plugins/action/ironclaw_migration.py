@@ -169,6 +169,11 @@ class ActionModule(IronclawAction):
         options = {key: self._var(name, default) for key, (name, default) in RUN_OPTIONS.items()}
         for key in ("stop_vm", "migrate_vm", "allow_tofu_targets"):
             options[key] = _bool(options[key])
+        # Allowing a tofu target is the operator's word for the run (-e, the play) or for that node (its inventory
+        # variables): either says it; a role's default (false) does not take back what the inventory says.
+        options["allow_tofu_targets"] = options["allow_tofu_targets"] or _bool(
+            self._host_var(request.target, RUN_OPTIONS["allow_tofu_targets"][0], False)
+        )
         for key in ("window_minutes", "shutdown_timeout", "expires_days", "max_days", "resign_days", "lock_timeout"):
             try:
                 options[key] = int(options[key])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -111,11 +113,12 @@ class Lab:
             images = {suite: (debian_image(suite), debian_root(suite)) for suite in sorted(wanted)}
         started = time.monotonic()
         settings = self.settings
-        for path in (settings.root, settings.nodes_dir, settings.self_dir, settings.shared_dir, settings.etc_pve):
-            path.mkdir(mode=0o755, parents=True, exist_ok=True)
-        settings.controller_dir.mkdir(mode=0o700, exist_ok=True)
+        with _host_dirs_lock():
+            for path in (settings.root, settings.nodes_dir, settings.self_dir, settings.shared_dir, settings.etc_pve):
+                path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            settings.controller_dir.mkdir(mode=0o700, exist_ok=True)
+            self._ensure_host_dirs()
         self._link_simulator()
-        self._ensure_host_dirs()
         network.ensure_bridge(settings)
         controller_key = settings.controller_dir / "id_ed25519"
         controller_public = ensure_keypair(controller_key, f"ironclaw lab {settings.instance} controller")
@@ -174,7 +177,7 @@ class Lab:
         # sshd needs its privilege separation directory.
         for path in [*PRIVATE_DIRS, SHARED_PVE_DIR, SIM_BIN_MOUNT, "/run/sshd"]:
             if not os.path.isdir(path):
-                os.makedirs(path, mode=0o755)
+                os.makedirs(path, mode=0o755, exist_ok=True)
                 created.append(path)
         HOST_DIRS_RECORD.write_text(json.dumps(sorted(set(created))))
 
@@ -262,7 +265,8 @@ class Lab:
         if settings.root.exists():
             shutil.rmtree(settings.root)
             removed.append(str(settings.root))
-        removed += _remove_host_dirs()
+        with _host_dirs_lock():
+            removed += _remove_host_dirs()
         return removed
 
     # -- status and inventory ------------------------------------------------
@@ -370,6 +374,18 @@ def _port_open(address: str, port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def _host_dirs_lock():
+    """Lab instances come up and go down at once (the tests run several): the base directory and the host's mount
+    points are made and removed under one lock, taken on /run itself so that nothing is left behind."""
+    fd = os.open("/run", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _remove_host_dirs() -> list[str]:
