@@ -93,7 +93,7 @@ class Mutator:
         rng = self.rng
         buf = bytearray(data)
         steps = []
-        for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        for _round in range(rng.choice((1, 1, 1, 2, 3))):
             op = rng.randrange(8)
             pos = rng.randrange(len(buf) + 1)
             if op == 0 and buf:
@@ -126,7 +126,7 @@ class Mutator:
                 buf[pos] = rng.randrange(256)
                 steps.append(f"set@{pos}")
             else:
-                buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16)))
+                buf[pos:pos] = bytes(rng.randrange(256) for _round in range(rng.randrange(1, 16)))
                 steps.append(f"random@{pos}")
         return bytes(buf), "bytes " + " ".join(steps)
 
@@ -181,7 +181,7 @@ class Mutator:
             return None
         if not raw:
             return None
-        mutated, _ = self.mutate_bytes(raw, [])
+        mutated, _ops = self.mutate_bytes(raw, [])
         return base64.b64encode(mutated).decode("ascii")
 
     def mutate_tree(self, doc: object, others: list[bytes]) -> tuple[bytes, str]:
@@ -189,7 +189,7 @@ class Mutator:
         doc = json.loads(json.dumps(doc))
         steps = []
         deep: dict[str, tuple[int, bytes]] = {}
-        for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        for _round in range(rng.choice((1, 1, 1, 2, 3))):
             paths = self._paths(doc)
             path = rng.choice(paths)
             value = self._get(doc, path)
@@ -246,7 +246,7 @@ class Mutator:
 
     def mutate_text(self, text: str) -> tuple[str, str]:
         rng = self.rng
-        for _ in range(rng.choice((1, 2, 3))):
+        for _round in range(rng.choice((1, 2, 3))):
             text = self._edit_string(text)
         if rng.randrange(8) == 0:
             text = text * rng.choice((2, 50))

@@ -108,7 +108,7 @@ def test_lockout_is_a_warning_that_says_what_still_works(healthy):
         sensitive = t.TPM2B_SENSITIVE_CREATE(t.TPMS_SENSITIVE_CREATE(userAuth=t.TPM2B_AUTH(b"right")))
         handle = node.ctx.create_primary(sensitive, "ecc256")[0]
         node.ctx.tr_set_auth(handle, b"wrong")
-        for _ in range(2):
+        for _round in range(2):
             with pytest.raises(t.TSS2_Exception):
                 node.ctx.create(handle, None, "ecc256")
         node.ctx.flush_context(handle)

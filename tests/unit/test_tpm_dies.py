@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_tpm_backend import VM, Slot, provisioned
-from test_tpm_backend import keys as keys  # noqa: F401 - the fixture, requested by name
+from test_tpm_backend import keys as keys  # noqa: F401 pylint: disable=useless-import-alias,unused-import
 from test_tpm_migration import export, import_here, seal_on, unseal_on
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import TpmError
