@@ -155,7 +155,12 @@ class ActionModule(IronclawAction):
             raise RefusedError("Nothing was destroyed. " + " ".join(refused))
         stay = plan.survivor_uuids(probes)
         chains = self._listed(run, now, vm_uuids=stay)["chains"] if stay else {}
-        return {"changed": False, "run": {**run, "survivor_chains": chains}}
+        # Each node's signed record (verified against the head here; the destroy task verifies it again): the
+        # survivors' new approvals bind PCR values only from a quote checked with the AK it holds (DESIGN §8).
+        records = (
+            {node: self._listed(run, now, node_name=node).get("node_record") for node in run["nodes"]} if stay else {}
+        )
+        return {"changed": False, "run": {**run, "survivor_chains": chains, "node_records": records}}
 
     def _finished(self, args: dict, now) -> dict:
         """The policy key destroyed, the chain ended by a signed tombstone, the receipt signed and stored; fails
