@@ -275,6 +275,8 @@ class ActionModule(IronclawAction):
         # The source's signed record too when VMs stay there: their new approvals after its epoch bump bind PCR
         # values only from a quote verified with the AK it holds (DESIGN §8).
         source_record = self._source_record(run, stay, roots, now)
+        stay_selections = reapproval.pcr_selections({u: listing["chains"][u] for u in stay}, run["controller_dir"], now)
+        reapproval.check_quotable(source_record, stay_selections, run["controller_dir"], source, now)
         not_after = canonical.parse_timestamp(run["not_after"], "not_after")
         options = run["options"]
         vms = {}

@@ -20,6 +20,7 @@ from ansible_collections.ironclaw.sealed.plugins.action.ironclaw_policy import r
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest import quoted_pcrs
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import VmLedger, controller_roots
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import verified_record
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import QuoteError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 
 
@@ -29,6 +30,21 @@ def pcr_selections(chains: dict, controller_dir: str, now) -> list[str]:
     roots = controller_roots(controller_dir, now)
     found = {VmLedger.verify(uuid, chain, roots).policy.pcrs for uuid, chain in chains.items()}
     return sorted(sel for sel in found if sel)
+
+
+def check_quotable(record_doc, selections: list[str], controller_dir: str, node_name: str, now) -> None:
+    """Before anything changes: a node whose staying VMs bind PCRs (`selections`) must have a signed record that
+    holds an AK, or their re-approval after the bump could bind nothing. InputError (no record) or QuoteError."""
+    if not selections:
+        return
+    record = verified_record(record_doc, controller_roots(controller_dir, now), node_name, now)
+    if record.attestation is None:
+        raise QuoteError(
+            f"{node_name} was enrolled before attestation: the VMs that stay there bind PCRs "
+            f"({', '.join(selections)}), and after its epoch bump their new approvals could bind PCR values only "
+            "from a quote verified with an AK its signed record does not hold; re-enroll it (ironclaw.sealed.enroll) "
+            "first"
+        )
 
 
 def quote_args(selections: list[str]) -> tuple[bytes | None, dict]:

@@ -22,6 +22,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._migration import node as node_half
 from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends import open_backend
+from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import PRE_ATTESTATION_FORMAT
 from rig.attest import counted_ek_tpm, ek_ca, ek_tpm, ek_tpm_pair  # noqa: F401 pylint: disable=unused-import
 
 pytestmark = pytest.mark.swtpm
@@ -72,8 +73,14 @@ class _Rig:
         root = trust_root.new_root([key], 1, issued_at=self.now, expires=self.now.replace(year=self.now.year + 1))
         self.controller_dir = str(tmp_path / "controller")
         TrustKeyStore(self.controller_dir).save_root(root, dsse.envelope_to_bytes(root))
-        envelope = dsse.sign(record_for(tcti).to_bytes(), NODE_PAYLOAD_TYPE, [key])
-        self.record = dsse.envelope_to_dict(envelope)
+        self.key = key
+
+        def sign(record) -> dict:
+            payload = record if isinstance(record, bytes) else record.to_bytes()
+            return dsse.envelope_to_dict(dsse.sign(payload, NODE_PAYLOAD_TYPE, [key]))
+
+        self.sign = sign
+        self.record = sign(record_for(tcti))
         self.node_runs: list[str] = []
         self.signed: list[dict] = []
         self.alter = None  # (selection, quote) -> quote: what a lying node does to its answer
@@ -223,3 +230,17 @@ def test_reapproval_quote_ceiling(counted_ek_tpm, tmp_path, monkeypatch):
     rig.reapprove()
     print("reapproval quote TPM commands:", counted_ek_tpm.total, counted_ek_tpm.commands())
     assert counted_ek_tpm.total <= 10, counted_ek_tpm.by_name()
+
+
+# -- before anything changes: a node whose staying VMs bind PCRs needs a signed record with an AK ------------------
+def test_pre_attestation_node_with_pcr_bound_survivors_is_refused_before_the_bump(rig, ek_tpm):
+    """Migration (planned) and decommission (checked) refuse here: after the bump no PCR value could be bound."""
+    doc = {**record_for(ek_tpm.tcti).to_dict(), "format": PRE_ATTESTATION_FORMAT}
+    del doc["attestation"]
+    old = rig.sign(canonical.dumps(doc))
+    with pytest.raises(QuoteError, match="before attestation"):
+        rig.reapproval.check_quotable(old, [SELECTION], rig.controller_dir, "pve1", rig.now)
+    with pytest.raises(InputError, match="not enrolled"):
+        rig.reapproval.check_quotable(None, [SELECTION], rig.controller_dir, "pve1", rig.now)
+    rig.reapproval.check_quotable(old, [], rig.controller_dir, "pve1", rig.now)  # nothing bound, nothing to quote
+    rig.reapproval.check_quotable(rig.record, [SELECTION], rig.controller_dir, "pve1", rig.now)
