@@ -594,7 +594,7 @@ class ActionModule(IronclawAction):
             node_call,
             controller_dir=run["controller_dir"],
             node_name=source,
-            facts=revoked["node"],
+            facts={key: value for key, value in revoked["node"].items() if key != "quotes"},
             survivors=revoked["survivors"],
             chains=chains,
             backend=run["nodes"]["source"]["backend"],
