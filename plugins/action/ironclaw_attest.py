@@ -3,7 +3,8 @@
 """ironclaw_attest: re-run a node's attestation proof (DESIGN §8) and report it link by link.
 
 The node (``ironclaw_node`` state=attested) reports its evidence, then answers a challenge made here: fresh
-credentials for its SRK and AK and a fresh quote nonce. The controller (module_utils/_attest) checks every link;
+credentials for its SRK and AK (those of its signed record, wrapped to the recorded EK, once it is enrolled) and a
+fresh quote nonce. The controller (module_utils/_attest) checks every link;
 the last one compares the SRK with the node's enrolled record, whose signature this action verifies against the
 controller's own trust roots (DESIGN §7 A4): the store's word is not taken. With ``enroll`` the record link is left
 out and the evidence (``record``) goes to ironclaw_manifest state=enrolled, which signs it into the node record.
@@ -25,12 +26,14 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.argspec i
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import EK_TYPE_NAMES
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest import ek_trust
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.proof import (
+    RECORD_LINK,
     Challenge,
     Evidence,
     Link,
     Proof,
     Trust,
     parse_evidence,
+    recorded_identity,
 )
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.ledger import controller_roots
 from ansible_collections.ironclaw.sealed.plugins.module_utils._authority.node_record import verified_record
@@ -44,7 +47,6 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs impor
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction
 
 NODE_MODULE = "ironclaw.sealed.ironclaw_node"
-RECORD_LINK = "record unchanged since enrollment"
 DEFAULT_PCRS = "sha256:0,7"
 
 
@@ -185,7 +187,9 @@ class ActionModule(IronclawAction):
         if "attestation" not in first:
             # Check mode on a node without an AK: the module only says it would create one.
             return {"changed": first.get("changed", False), "actions": first.get("actions", []), "links": []}
-        proof = Proof(decode_evidence(first["attestation"], node), trust, now)
+        # With a signed record, the challenge is made for the EK, SRK and AK it holds, not the node's fresh word.
+        recorded = None if args["enroll"] or record is None else recorded_identity(record, node)
+        proof = Proof(decode_evidence(first["attestation"], node), trust, now, recorded)
         out = {"changed": bool(first.get("changed")), "actions": first.get("actions", [])}
         try:
             proof.check_identity()

@@ -25,7 +25,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._common.lock impor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy import plan
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest.clock import clock
-from ansible_collections.ironclaw.sealed.plugins.plugin_utils import store_host
+from ansible_collections.ironclaw.sealed.plugins.plugin_utils import reapproval, store_host
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.action_module import IronclawAction
 from ansible_collections.ironclaw.sealed.plugins.plugin_utils.manifest_controller import (
     checked_listing,
@@ -155,7 +155,16 @@ class ActionModule(IronclawAction):
             raise RefusedError("Nothing was destroyed. " + " ".join(refused))
         stay = plan.survivor_uuids(probes)
         chains = self._listed(run, now, vm_uuids=stay)["chains"] if stay else {}
-        return {"changed": False, "run": {**run, "survivor_chains": chains}}
+        # Each node's signed record (verified against the head here; the destroy task verifies it again): the
+        # survivors' new approvals bind PCR values only from a quote checked with the AK it holds (DESIGN §8).
+        # A node whose staying VMs bind PCRs and whose record holds no AK is refused here, before anything changes.
+        records = {}
+        for node in run["nodes"] if stay else ():
+            records[node] = self._listed(run, now, node_name=node).get("node_record")
+            mine = plan.survivor_uuids({node: probes.get(node)})
+            selections = reapproval.pcr_selections({u: chains[u] for u in mine}, run["controller_dir"], now)
+            reapproval.check_quotable(records[node], selections, run["controller_dir"], node, now)
+        return {"changed": False, "run": {**run, "survivor_chains": chains, "node_records": records}}
 
     def _finished(self, args: dict, now) -> dict:
         """The policy key destroyed, the chain ended by a signed tombstone, the receipt signed and stored; fails

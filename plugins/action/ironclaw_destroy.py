@@ -185,16 +185,26 @@ class ActionModule(IronclawAction):
                 raise InputError(failed.result.get("msg", "the node step failed")) from None
 
         try:
-            facts = node_call("inspected", vms=[], pve=False)["node"]
+            controller_dir = os.path.expanduser(args["controller_dir"])
+            now = clock(args["now"])
+            chains = reapprove.get("chains") or {}
+            # The survivors' PCR selections are quoted in the facts' run (one for all of them) under a fresh nonce.
+            nonce, quote = reapproval.quote_args(
+                reapproval.pcr_selections(chains, controller_dir, now) if node.get("backend") != "software" else []
+            )
+            facts = node_call("inspected", vms=[], pve=False, **quote)["node"]
+            quotes = facts.pop("quotes", None)
             done = reapproval.reapprove(
                 node_call,
-                controller_dir=os.path.expanduser(args["controller_dir"]),
+                controller_dir=controller_dir,
                 node_name=reapprove["node_name"],
                 facts=facts,
                 survivors=result["survivors"],
-                chains=reapprove.get("chains") or {},
+                chains=chains,
                 backend=facts["backend"],
-                now=clock(args["now"]),
+                now=now,
+                node_record=reapprove.get("node_record"),
+                quoted=(nonce, quotes) if quotes else None,
             )
         except IronclawError as exc:
             return {

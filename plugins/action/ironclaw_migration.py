@@ -154,6 +154,23 @@ class ActionModule(IronclawAction):
             bound[selection] = quoted_pcrs.quoted_binding(record, selection, nonce, answer, host)
         return bound
 
+    def _source_record(self, run: dict, stay: list[str], roots, now) -> dict | None:
+        """The source's signed node record as the store holds it, verified here (None when no VM stays there or the
+        source was never enrolled: the survivors' approvals then bind no quoted PCR value, and refuse those that
+        need one)."""
+        if not stay:
+            return None
+        source = run["hosts"]["source"]
+        listing = self._store(
+            {"state": "listed", "store_dir": run["store_dir"], "node_name": source},
+        )
+        with locked(run["controller_dir"], "store-head", run["options"]["lock_timeout"], shared=True):
+            _root, listing = checked_listing(listing, run["controller_dir"], now)
+        doc = listing["node_record"]
+        if doc is not None:
+            verified_record(doc, roots, source, now)
+        return doc
+
     def _bundle_path(self, run: dict, vm: dict) -> str:
         return os.path.join(run["controller_dir"], "transfer", f"{vm['vmid']}-{vm['vm_uuid']}.bundle.json")
 
@@ -260,6 +277,11 @@ class ActionModule(IronclawAction):
         source, target = run["hosts"]["source"], run["hosts"]["target"]
         record_doc = listing["node_record"]
         record = None if record_doc is None else verified_record(record_doc, roots, target, now)
+        # The source's signed record too when VMs stay there: their new approvals after its epoch bump bind PCR
+        # values only from a quote verified with the AK it holds (DESIGN §8).
+        source_record = self._source_record(run, stay, roots, now)
+        stay_selections = reapproval.pcr_selections({u: listing["chains"][u] for u in stay}, run["controller_dir"], now)
+        reapproval.check_quotable(source_record, stay_selections, run["controller_dir"], source, now)
         not_after = canonical.parse_timestamp(run["not_after"], "not_after")
         options = run["options"]
         vms = {}
@@ -302,6 +324,7 @@ class ActionModule(IronclawAction):
                 "vms": vms,
                 "trust_roots": listing["trust_roots"],
                 "target_record": record_doc,
+                "source_record": source_record,
                 "stay_chains": {uuid: listing["chains"][uuid] for uuid in stay},
                 "head": listing["head"],
             },
@@ -522,7 +545,13 @@ class ActionModule(IronclawAction):
                 more.update(move_vms=[vm["vmid"] for vm in here], move_to=target_pve)
         # The other VMs sealed here: their chains are read now (after the bump they need new approvals).
         entries = [{"vmid": vm["vmid"], "vm_uuid": vm["vm_uuid"]} for vm in run["vms"].values()]
-        revoked = self._module(MODULE, self._node_args(run, "source", "revoked", vms=entries, **more))
+        # The survivors' PCR selections are quoted in this same run, right after the bump, under a fresh nonce.
+        nonce, quote = reapproval.quote_args(
+            reapproval.pcr_selections(run.get("stay_chains") or {}, run["controller_dir"], now)
+            if run["nodes"]["source"]["backend"] == "tpm2"
+            else []
+        )
+        revoked = self._module(MODULE, self._node_args(run, "source", "revoked", vms=entries, **more, **quote))
         faults.reached("migration.revoked")
         for vm in run["vms"].values():
             path = self._bundle_path(run, vm)
@@ -534,7 +563,8 @@ class ActionModule(IronclawAction):
         # Also after "already destroyed": a run cut short after the bump must still re-approve (the node call then
         # changes nothing where the approvals are current).
         if revoked["survivors"]:
-            survivors, approved_count = self._reapprove(report_run, revoked, now)
+            quotes = revoked["node"].get("quotes") if nonce is not None else None
+            survivors, approved_count = self._reapprove(report_run, revoked, now, (nonce, quotes) if quotes else None)
         results = {r["vmid"]: r for r in revoked["results"]}
         report = []
         for key, vm in run["vms"].items():
@@ -557,7 +587,7 @@ class ActionModule(IronclawAction):
             "unusable": revoked.get("unusable", []),
         }
 
-    def _reapprove(self, run: dict, revoked: dict, now) -> tuple[dict, int]:
+    def _reapprove(self, run: dict, revoked: dict, now, quoted=None) -> tuple[dict, int]:
         """New approvals for the survivors the ledger places on the source (one node call for all of them)."""
         source = run["hosts"]["source"]
         chains = run["stay_chains"]
@@ -569,11 +599,13 @@ class ActionModule(IronclawAction):
             node_call,
             controller_dir=run["controller_dir"],
             node_name=source,
-            facts=revoked["node"],
+            facts={key: value for key, value in revoked["node"].items() if key != "quotes"},
             survivors=revoked["survivors"],
             chains=chains,
             backend=run["nodes"]["source"]["backend"],
             now=now,
+            node_record=run.get("source_record"),
+            quoted=quoted,
         )
         faults.reached("migration.reapproved")
         revoked["refused_reports"] = done["refused"]

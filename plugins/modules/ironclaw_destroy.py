@@ -104,7 +104,9 @@ options:
         task) the approvals of the other VMs sealed on the node that the controller's ledger places there, installed
         in one node call; the others stay revoked and are reported. Keys C(node_name) (the node's inventory name)
         and C(chains) (the VMs' chains by uuid, the C(chains) result of M(ironclaw.sealed.ironclaw_manifest) with
-        C(state=listed) and C(vm_uuids), read before the run changes anything).
+        C(state=listed) and C(vm_uuids), read before the run changes anything), and C(node_record) (the node's
+        signed record as the store holds it); the approvals bind PCR values only from a quote the node makes under
+        a fresh nonce of the controller, verified with the AK of that record.
     type: dict
 extends_documentation_fragment:
   - ironclaw.sealed.node

@@ -91,10 +91,17 @@ options:
     type: int
     default: 60
   pcrs:
-    description: Set by the action for the node half - PCR selections to read.
+    description:
+      - Set by the action for the node half - PCR selections to read.
+      - With O(quote_nonce), the selections the AK quotes (with O(step=inspected) or O(step=revoked)).
     type: list
     elements: str
     default: []
+  quote_nonce:
+    description:
+      - Set by the action for the node half - the controller's fresh nonce (base64) for quoting O(pcrs) in this run
+        (tpm2 backend); the controller verifies the quotes with the AK of the node's signed record.
+    type: str
   hookscript:
     description: Set by the action for the node half - the pre-start hookscript to install.
     type: dict
@@ -265,7 +272,9 @@ def run(module) -> dict:
 
             return {
                 "changed": False,
-                **node.inspect(backend, p["state_dir"], vms, selections=p["pcrs"], proxmox=proxmox),
+                **node.inspect(
+                    backend, p["state_dir"], vms, selections=p["pcrs"], proxmox=proxmox, quote_nonce=p["quote_nonce"]
+                ),
             }
         if step == "verified":
             with _locks(p, False, True):
@@ -327,6 +336,7 @@ def run(module) -> dict:
                     now=canonical.utc_timestamp(now),
                     check_mode=module.check_mode,
                     selections=p["pcrs"],
+                    quote_nonce=p["quote_nonce"],
                 )
             result["changed"] |= changed
             return result
@@ -359,6 +369,7 @@ def argument_spec() -> ArgumentSpec:
         stop_vm={"type": "bool", "default": True},
         shutdown_timeout={"type": "int", "default": 60},
         pcrs={"type": "list", "elements": "str", "default": []},
+        quote_nonce={"type": "str"},
         hookscript={"type": "dict", "no_log": True},
         attach={"type": "list", "elements": "int"},
         move_vms={"type": "list", "elements": "int"},

@@ -109,3 +109,34 @@ def test_unsealed_refuses_an_older_generation_and_writes_nothing(lab, tmp_path):
 
     lab.blob("nodeA", VMID, "api-token").write_bytes(newer)
     assert unsealed(lab, "nodeA", tmp_path) == {**lab.plaintexts, "api-token": b"rotated-on-nodeA"}
+
+
+def _survivor_binds_quoted_pcrs(lab, tmp_path, before: bytes) -> None:
+    """PCR_VM stayed on nodeA through an epoch bump: its new approval binds the selection from a quote, it unseals,
+    and no longer once the PCR moves."""
+    after = (lab.vm_dir("nodeA", PCR_VM) / "approval.json").read_bytes()
+    assert after != before, "the epoch bump needed a new approval"
+    approval = json.loads(after)
+    assert approval["pcrs"]["selection"] == f"sha256:{PCR}" and len(approval["pcrs"]["digest"]) == 64
+    assert unsealed(lab, "nodeA", tmp_path, vmid=PCR_VM, uuid=PCR_UUID) == lab.plaintexts
+    _extend_pcr(lab.nodes["nodeA"].tcti)
+    unsealed(lab, "nodeA", tmp_path, vmid=PCR_VM, uuid=PCR_UUID, expect_fail=True)
+
+
+def test_pcr_bound_survivor_of_a_migration_is_reapproved_from_a_quote(lab, tmp_path):
+    """DESIGN §8: the source's revocation run quotes the survivor's selection right after the bump; the controller
+    verifies it with the AK of nodeA's signed record before it signs the new approval."""
+    policy = json.dumps({"ironclaw_policy": f"migratable=true;pcrs=sha256:{PCR}"})
+    lab.provision("nodeA", PCR_VM, extra=("-e", policy))
+    before = (lab.vm_dir("nodeA", PCR_VM) / "approval.json").read_bytes()
+    migrate(lab)
+    _survivor_binds_quoted_pcrs(lab, tmp_path, before)
+
+
+def test_pcr_bound_survivor_of_a_decommission_is_reapproved_from_a_quote(lab, tmp_path):
+    policy = json.dumps({"ironclaw_policy": f"migratable=true;pcrs=sha256:{PCR}"})
+    lab.provision("nodeA", PCR_VM, extra=("-e", policy))
+    lab.provision("nodeA", NEIGHBOUR)
+    before = (lab.vm_dir("nodeA", PCR_VM) / "approval.json").read_bytes()
+    lab.run("decommission", "-e", f"ironclaw_vmid={NEIGHBOUR}")
+    _survivor_binds_quoted_pcrs(lab, tmp_path, before)

@@ -7,6 +7,8 @@ A lab instance of its own (3 nodes). One VM serves every test; they run in order
 
 from __future__ import annotations
 
+import base64
+import json
 import shlex
 
 import pytest
@@ -102,3 +104,12 @@ def test_tampered_blob_on_the_target_is_refused_at_start(rig):
     started = start(rig, 3)
     assert started.returncode == 0, f"{started.stdout}\n{started.stderr}"
     assert f"ironclaw: VM {VMID}: sealed state verified (manifest v3)" in started.stdout
+
+
+def test_lab_nodes_enroll_attested_with_ek_certificates_from_the_lab_ca(rig):
+    """The lab's swtpms carry EK certificates from the lab's CA: every node enrolls in ca mode, none as tofu."""
+    for node in ("pve1", "pve2", "pve3"):
+        envelope = json.loads((rig.controller_dir / "store" / "nodes" / f"{node}.json").read_text())
+        record = json.loads(base64.b64decode(envelope["payload"]))
+        assert record["attestation"]["trust"] == "ca", node
+        assert len(record["attestation"]["ek_chain"]) >= 2, node

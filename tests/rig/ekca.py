@@ -63,12 +63,20 @@ def _run(cmd: list[str], what: str, log: Path) -> None:
 class EkCa:
     """One local EK CA (root + intermediate) in a temporary directory; ``close()`` removes it."""
 
-    def __init__(self, name: str = "ironclaw-test") -> None:
+    def __init__(self, name: str = "ironclaw-test", root: Path | None = None) -> None:
         self.name = name
-        self.root = Path(tempfile.mkdtemp(prefix=f"ironclaw-ekca-{name}-"))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.root, True)
+        if root is None:
+            self.root = Path(tempfile.mkdtemp(prefix=f"ironclaw-ekca-{name}-"))
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self.root, True)
+        else:
+            # A CA that outlives this object (the node lab's, under its instance directory): made on first use,
+            # reused afterwards, removed with that directory.
+            self.root = Path(root)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._finalizer = weakref.finalize(self, lambda: None)
+        made = (self.root / "trust" / "root.pem").exists()
         self.ca_dir = self.root / "ca"
-        self.ca_dir.mkdir()
+        self.ca_dir.mkdir(exist_ok=True)
         self.log = self.root / "ca.log"
         self.localca_conf = self.root / "swtpm-localca.conf"
         self.localca_conf.write_text(
@@ -89,7 +97,11 @@ class EkCa:
             "active_pcr_banks = sha256\n"
         )
         out = self.root / "placeholder"
-        out.mkdir()
+        out.mkdir(exist_ok=True)
+        self.trust_dir = self.root / "trust"
+        if made:
+            self.placeholder_cert_der = (out / "ek.cert").read_bytes()
+            return
         _run(
             [
                 _tool("swtpm_localca"),
@@ -113,8 +125,7 @@ class EkCa:
         )
         # DER, signed by this CA's intermediate, for an RSA key no TPM holds.
         self.placeholder_cert_der = (out / "ek.cert").read_bytes()
-        self.trust_dir = self.root / "trust"
-        self.trust_dir.mkdir()
+        self.trust_dir.mkdir(exist_ok=True)
         shutil.copy(self.ca_dir / ROOT_CERT, self.trust_dir / "root.pem")
         shutil.copy(self.ca_dir / ISSUER_CERT, self.trust_dir / "intermediate.pem")
 

@@ -14,6 +14,8 @@ import json
 import pytest
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._ansible.attest_states import run_attest_state
+from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.ek_trust import ek_pin
+from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.tpm_public import parse_tpm2b_public
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
     FormatError,
     InputError,
@@ -71,6 +73,10 @@ class Run:
         return self.action.run_action(self.args)
 
     def srk_name(self) -> str:
+        return self.evidence()["srk_name"]
+
+    def evidence(self) -> dict:
+        """The node's public evidence (ironclaw_node state=attested without a challenge)."""
         return run_attest_state(
             {
                 "backend": "tpm2",
@@ -84,7 +90,7 @@ class Run:
                 "ek_type": None,
             },
             check_mode=False,
-        )["attestation"]["srk_name"]
+        )["attestation"]
 
 
 def keys_of(value) -> set:
@@ -95,17 +101,21 @@ def keys_of(value) -> set:
     return set()
 
 
-def record_of(srk_name: str, signer=KEY, node: str = "pve1") -> dict:
-    """The node's record as the store holds it: signed by the trust root (KEY) unless another signer is given."""
+def record_of(ev: dict, signer=KEY, node: str = "pve1") -> dict:
+    """The node's record as the store holds it, from the node's evidence `ev` as enrollment recorded it: signed by
+    the trust root (KEY) unless another signer is given."""
+    doc = attestation(ev["srk_name"], ev["srk_public"], at="2026-12-01T10:00:00Z")
+    ek = parse_tpm2b_public(base64.b64decode(ev["ek_public"]), "EK public")
+    doc.update(ek_type=ev["ek_type"], ek_public_sha256=ek_pin(ek), ak_name=ev["ak_name"], ak_public=ev["ak_public"])
     record = NodeRecord(
         node=node,
         backend="tpm2",
-        srk_name=srk_name,
-        srk_public="AAEAAQ==",
+        srk_name=ev["srk_name"],
+        srk_public=ev["srk_public"],
         epoch_nv_index="0x01c10000",
         epoch_nv_name="000b" + "ee" * 32,
         enrolled_at="2026-12-01T10:00:00Z",
-        attestation=attestation(srk_name, "AAEAAQ=="),
+        attestation=doc,
     )
     return dsse.envelope_to_dict(dsse.sign(record.to_bytes(), NODE_PAYLOAD_TYPE, [signer]))
 
@@ -116,7 +126,7 @@ def payload_of(envelope: dict) -> dict:
 
 def test_genuine_tpm_passes_every_link_in_order(ek_tpm, ek_ca, tmp_path):
     run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
-    run.args["node_record"] = record_of(run.srk_name())
+    run.args["node_record"] = record_of(run.evidence())
     result = run()
     assert not result.get("failed"), result
     assert [link["name"] for link in result["links"]] == [
@@ -130,7 +140,7 @@ def test_genuine_tpm_passes_every_link_in_order(ek_tpm, ek_ca, tmp_path):
 def test_secret_leak_activation_answers_absent_from_the_result(ek_tpm, ek_ca, tmp_path):
     """The node's activation answers are the challenge's secrets: none of them, in any encoding, leaves the action."""
     run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
-    run.args["node_record"] = record_of(run.srk_name())
+    run.args["node_record"] = record_of(run.evidence())
     result = run()
     answers = [a["secret"] for r in run.node_results if "activation" in r for a in r["activation"].values()]
     assert len(answers) == 2
@@ -143,17 +153,73 @@ def test_secret_leak_activation_answers_absent_from_the_result(ek_tpm, ek_ca, tm
 
 
 def test_replaced_tpm_fails_record_unchanged_naming_both_names(ek_tpm_pair, ek_ca, tmp_path):
-    """The node's state dir kept, its TPM swapped for another genuine one: every TPM link passes, the record fails."""
+    """The node's state dir kept, its TPM swapped for another genuine one: its certificate and keys check out, but its
+    EK is not the recorded one, so no credential is made for it: the record link fails before any challenge."""
     enrolled, replacement = ek_tpm_pair
-    old = Run(enrolled.tcti, tmp_path).srk_name()
-    run = Run(replacement.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir), node_record=record_of(old))
+    enrolled_ev = Run(enrolled.tcti, tmp_path).evidence()
+    old = enrolled_ev["srk_name"]
+    run = Run(replacement.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir), node_record=record_of(enrolled_ev))
     new = run.srk_name()
+    run.node_results.clear()
     result = run()
     assert result["failed"] and result["link"] == ironclaw_attest.RECORD_LINK
     assert result["error"] == "AttestationError"
     assert result["msg"].startswith(f"{ironclaw_attest.RECORD_LINK}: FAILED") and old in result["msg"]
     assert new in result["msg"]
-    assert [link["passed"] for link in result["links"]] == [True] * 7 + [False]
+    assert [link["passed"] for link in result["links"]] == [True] * 4 + [False]
+    assert "record" not in result
+    assert len(run.node_results) == 1  # no challenge was sent
+
+
+# -- the challenge is made for the recorded EK, SRK and AK, not the node's fresh evidence ----------------------------
+def test_swapped_tpm_claiming_the_enrolled_identity_fails_at_srk_activation(ek_tpm_pair, ek_ca, tmp_path):
+    """A replacement TPM whose node reports the enrolled TPM's evidence (EK certificate and public, SRK and AK
+    publics: all public): every evidence link passes, but the credential is wrapped to the recorded EK for the
+    recorded SRK, which the replacement does not hold."""
+    enrolled, replacement = ek_tpm_pair
+    enrolled_ev = Run(enrolled.tcti, tmp_path).evidence()
+    run = Run(replacement.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir), node_record=record_of(enrolled_ev))
+    answer = run._node
+
+    def lying_node(name, module_args):
+        result = answer(name, module_args)
+        if not module_args.get("credentials"):
+            result["attestation"] = dict(enrolled_ev)
+        return result
+
+    run.action.run_module = lying_node
+    result = run()
+    assert result["failed"] and result["link"] == "SRK activation" and result["error"] == "ActivationError"
+    assert result["msg"].startswith("SRK activation: FAILED") and enrolled_ev["srk_name"][:20] in result["msg"]
+    assert [link["passed"] for link in result["links"]] == [True] * 4 + [False]
+    assert "record" not in result
+
+
+def test_srk_other_than_the_recorded_one_fails_at_srk_activation(ek_tpm_pair, ek_ca, tmp_path):
+    """The record names another SRK (the TPM's owner hierarchy was cleared, or the record was made for another
+    SRK): the node's own SRK activates a credential made for its own name, never the recorded one."""
+    node, other = ek_tpm_pair
+    run = Run(node.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
+    ev = run.evidence()
+    other_ev = Run(other.tcti, tmp_path).evidence()
+    run.args["node_record"] = record_of({**ev, "srk_name": other_ev["srk_name"], "srk_public": other_ev["srk_public"]})
+    result = run()
+    assert result["failed"] and result["link"] == "SRK activation" and result["error"] == "ActivationError"
+    assert other_ev["srk_name"][:20] in result["msg"]
+    assert "record" not in result
+
+
+def test_ak_replaced_since_enrollment_fails_at_ak_activation(ek_tpm_pair, ek_ca, tmp_path):
+    """The AK the record holds is not the one the node presents now (the persisted AK was replaced): quotes are
+    verified with the recorded AK, so attest must not pass with another one."""
+    node, other = ek_tpm_pair
+    run = Run(node.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
+    ev = run.evidence()
+    other_ev = Run(other.tcti, tmp_path).evidence()
+    run.args["node_record"] = record_of({**ev, "ak_name": other_ev["ak_name"], "ak_public": other_ev["ak_public"]})
+    result = run()
+    assert result["failed"] and result["link"] == "AK activation" and result["error"] == "ActivationError"
+    assert other_ev["ak_name"][:20] in result["msg"]
     assert "record" not in result
 
 
@@ -164,7 +230,7 @@ def test_missing_record_fails_the_last_link(ek_tpm, ek_ca, tmp_path):
 
 def test_other_ca_fails_at_the_chain_and_stops_there(ek_tpm, other_ek_ca, tmp_path):
     run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(other_ek_ca.trust_dir))
-    run.args["node_record"] = record_of(run.srk_name())
+    run.args["node_record"] = record_of(run.evidence())
     run.node_results.clear()
     result = run()
     assert result["failed"] and result["error"] == "EkChainError" and result["link"] == "EK certificate chain"
@@ -174,7 +240,7 @@ def test_other_ca_fails_at_the_chain_and_stops_there(ek_tpm, other_ek_ca, tmp_pa
 
 def test_pin_mode_prints_the_pin_then_passes(ek_tpm, tmp_path):
     run = Run(ek_tpm.tcti, tmp_path, ek_trust="pin")
-    run.args["node_record"] = record_of(run.srk_name())
+    run.args["node_record"] = record_of(run.evidence())
     refused = run()
     assert refused["failed"] and refused["error"] == "EkPinError"
     pin = refused["msg"].split("ironclaw_ek_pin: '", 1)[1].split("'", 1)[0]
@@ -194,8 +260,7 @@ def test_software_backend_is_refused_before_any_node_call(tmp_path):
 # -- the node record is verified here, not taken from the playbook (DESIGN §7 A4) --------------------------------
 def test_forged_record_signed_by_another_key_is_refused_before_the_node_is_asked(ek_tpm, ek_ca, tmp_path):
     run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
-    srk = run.srk_name()
-    run.args["node_record"] = record_of(srk, signer=Ed25519PrivateKey.generate())
+    run.args["node_record"] = record_of(run.evidence(), signer=Ed25519PrivateKey.generate())
     with pytest.raises(ThresholdError):
         run()
     assert run.node_results == []
@@ -204,7 +269,7 @@ def test_forged_record_signed_by_another_key_is_refused_before_the_node_is_asked
 def test_unsigned_record_dict_is_refused(ek_tpm, ek_ca, tmp_path):
     """What the playbook passed before: the record's payload as a plain dict. Anyone could write one."""
     run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
-    run.args["node_record"] = payload_of(record_of(run.srk_name()))
+    run.args["node_record"] = payload_of(record_of(run.evidence()))
     with pytest.raises(FormatError):
         run()
     assert run.node_results == []
@@ -212,7 +277,7 @@ def test_unsigned_record_dict_is_refused(ek_tpm, ek_ca, tmp_path):
 
 def test_swapped_record_of_another_node_is_refused(ek_tpm, ek_ca, tmp_path):
     run = Run(ek_tpm.tcti, tmp_path, ek_ca_dir=str(ek_ca.trust_dir))
-    run.args["node_record"] = record_of(run.srk_name(), node="pve2")
+    run.args["node_record"] = record_of(run.evidence(), node="pve2")
     with pytest.raises(VerificationError, match="swapped"):
         run()
     assert run.node_results == []

@@ -15,6 +15,11 @@
    name: the object is resident in the TPM that holds the EK.
 5. **quote**: the AK signed the requested PCRs with this controller's nonce.
 
+With the node's signed record (:class:`Recorded`, every check after enrollment), links 4 and 5 are made for the
+identity the record holds, not the node's fresh evidence: the credentials for the recorded SRK and AK names,
+wrapped to the EK whose SHA-256 the record holds (the node's EK public counts only if it hashes to it), and the
+quote verified with the recorded AK. A node whose EK, SRK or AK changed since enrollment cannot answer them.
+
 Every check appends a :class:`Link` (passed or failed, in plain words) and a
 failure raises its AttestationError subclass, whose message starts with the
 link's name. Nothing here touches a TPM, a file or the store.
@@ -58,6 +63,7 @@ ALG_SHA256 = 0x000B
 NONCE_SIZE = 32
 SECRET_SIZE = 32
 TARGETS = ("srk", "ak")
+RECORD_LINK = "record unchanged since enrollment"
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,30 @@ def parse_evidence(doc: dict, node: str) -> Evidence:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """The identity a node's signed record holds (its ``attestation``): what the challenge is made for."""
+
+    ek_pin: str
+    srk: PublicArea
+    ak: PublicArea
+    enrolled_at: str
+
+
+def recorded_identity(record, node: str) -> Recorded | None:
+    """The recorded identity of a verified NodeRecord; None for a record enrolled before attestation."""
+    att = getattr(record, "attestation", None)
+    if not att:
+        return None
+    what = f"{node}'s signed record"
+    return Recorded(
+        ek_pin=att["ek_public_sha256"],
+        srk=parse_tpm2b_public(canonical.b64decode(att["srk_public"], f"{what}: SRK public"), f"{what}: SRK public"),
+        ak=parse_tpm2b_public(canonical.b64decode(att["ak_public"], f"{what}: AK public"), f"{what}: AK public"),
+        enrolled_at=record.enrolled_at,
+    )
+
+
+@dataclass(frozen=True)
 class Trust:
     """How the controller trusts a node's EK (``ironclaw_ek_trust`` and its companions)."""
 
@@ -136,13 +166,19 @@ class Challenge:
 class Proof:
     """One run of the proof for one node; ``links`` lists what passed and the link that failed."""
 
-    def __init__(self, evidence: Evidence, trust: Trust, now: datetime):
+    def __init__(self, evidence: Evidence, trust: Trust, now: datetime, recorded: Recorded | None = None):
         self.evidence = evidence
         self.trust = trust
         self.now = now
+        self.recorded = recorded
         self.links: list[Link] = []
         self.chain: list[str] = []
         self.quote: QuoteInfo | None = None
+
+    def _targets(self) -> tuple[tuple[str, PublicArea], ...]:
+        """The SRK and AK the credentials are made for: the recorded ones when there is a record."""
+        src = self.recorded or self.evidence
+        return (("srk", src.srk), ("ak", src.ak))
 
     @property
     def node(self) -> str:
@@ -186,15 +222,29 @@ class Proof:
 
     # -- links 4-5: the node answers a challenge ------------------------------
     def challenge(self, selection: PcrSelection) -> Challenge:
+        """Credentials for the SRK and the AK (the recorded ones, with a record), wrapped to the EK; the EK the
+        node presents serves only if it is the recorded one (same SHA-256): else RECORD_LINK fails here."""
+        if self.recorded is not None:
+            present = ek_trust.ek_pin(self.evidence.ek)
+            if not hmac.compare_digest(present, self.recorded.ek_pin):
+                rec = self.recorded
+                detail = (
+                    f"{self.node} was enrolled ({rec.enrolled_at}) with the EK {rec.ek_pin} and the SRK named "
+                    f"{rec.srk.name.hex()}, but its TPM now holds the SRK named {self.evidence.srk.name.hex()} "
+                    f"and the EK {present}: the TPM was replaced, so the node cannot unseal what was sealed "
+                    "for it; re-enroll it (enroll with replace) and recover its VMs from backup or another node"
+                )
+                self.links.append(Link(RECORD_LINK, False, detail))
+                raise AttestationError(detail, link=RECORD_LINK)
         creds, secret_values = {}, {}
-        for target, area in (("srk", self.evidence.srk), ("ak", self.evidence.ak)):
+        for target, area in self._targets():
             secret_values[target] = secrets.token_bytes(SECRET_SIZE)
             creds[target] = make_credential(self.evidence.ek, secret_values[target], area.name)
         return Challenge(secrets.token_bytes(NONCE_SIZE), selection, creds, secret_values)
 
     def check_answers(self, challenge: Challenge, answers: dict) -> None:
         """``answers`` as answer_challenge() returns them: per target a secret or the TPM's refusal, and a quote."""
-        for target, area in (("srk", self.evidence.srk), ("ak", self.evidence.ak)):
+        for target, area in self._targets():
             label = target.upper()
             self._check(
                 f"{label} activation", lambda t=target, a=area, lb=label: self._activation(challenge, answers, t, a, lb)
@@ -206,7 +256,7 @@ class Proof:
                 why = quote.get("error") or "no answer"
                 raise QuoteError(f"{self.node} returned no quote ({why})")
             self.quote = verify_quote(
-                self.evidence.ak,
+                dict(self._targets())["ak"],
                 quote["attest"],
                 quote["signature"],
                 challenge.nonce,

@@ -15,9 +15,15 @@ import glob
 import os
 
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common import validate
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, VerificationError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import (
+    BackendError,
+    InputError,
+    TpmError,
+    VerificationError,
+)
 from ansible_collections.ironclaw.sealed.plugins.module_utils._common.files import ensure_dir, write_atomic
 from ansible_collections.ironclaw.sealed.plugins.module_utils._destroy.node import destroy_many_on_node, surviving_vms
+from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.approval import approval_from_dict
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format.grant import grant_from_dict
 from ansible_collections.ironclaw.sealed.plugins.module_utils._manifest import dsse
@@ -50,12 +56,41 @@ def read_facts(backend, selections) -> dict:
     return facts
 
 
-def inspect(backend, state_dir: str, vms: list[dict], *, selections=(), proxmox=None) -> dict:
+def quote(backend, selections, nonce_b64: str | None) -> dict:
+    """Each selection quoted by the AK under the controller's nonce (tpm2; DESIGN §8), keyed by the selection as
+    given: {pcrs, attest, signature, pcr_values}, or {error} where the TPM refused. Nothing without a nonce."""
+    if not nonce_b64 or not selections:
+        return {}
+    if backend.backend != "tpm2":
+        return {sel: {"error": "the software backend has no TPM to quote PCRs with"} for sel in selections}
+    from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.attest import Attestor  # noqa: PLC0415
+
+    nonce = canonical.b64decode(nonce_b64, "quote_nonce")
+    out = {}
+    with Attestor(backend.node, with_certificate=False) as attestor:
+        for sel in selections:
+            try:
+                got = attestor.quote(nonce, PcrSelection.parse(sel))
+            except (TpmError, BackendError) as err:
+                out[sel] = {"error": str(err)}
+                continue
+            out[sel] = {
+                "pcrs": sel,
+                "attest": canonical.b64encode(got.attest),
+                "signature": canonical.b64encode(got.signature),
+                "pcr_values": {key: value.hex() for key, value in got.pcr_values.items()},
+            }
+    return out
+
+
+def inspect(backend, state_dir: str, vms: list[dict], *, selections=(), proxmox=None, quote_nonce=None) -> dict:
     """Facts once, each VM's Proxmox identity (`proxmox(vmid)`, when given) and what this node holds for it:
     its keyslot, and its bundle (this VM's uuid when known, else any bundle of the VMID); and every VM sealed here
     (`resident`: the source's VMs that will need new approvals after its epoch bump)."""
     resident, _unusable = surviving_vms(state_dir, set())
-    out = {"node": read_facts(backend, selections), "vms": {}, "resident": resident}
+    out = {"node": read_facts(backend, () if quote_nonce else selections), "vms": {}, "resident": resident}
+    if quote_nonce:
+        out["node"]["quotes"] = quote(backend, selections, quote_nonce)
     for entry in vms:
         vmid = validate.vmid(entry.get("vmid"))
         uuid = entry.get("vm_uuid") or ""
@@ -221,8 +256,11 @@ def cache(state_dir: str, vms: list[dict], *, trust_roots, cluster: str, head, n
     return {"changed": changed, "vms": out}
 
 
-def revoke(backend, state_dir: str, vms: list[dict], *, now: str, check_mode: bool, selections=()) -> dict:
-    """The source copies destroyed under one epoch bump, their bundles removed; the node's facts after it."""
+def revoke(
+    backend, state_dir: str, vms: list[dict], *, now: str, check_mode: bool, selections=(), quote_nonce=None
+) -> dict:
+    """The source copies destroyed under one epoch bump, their bundles removed; the node's facts after it, with
+    `selections` quoted under the controller's `quote_nonce` when given (for the survivors' new approvals)."""
     result = destroy_many_on_node(
         backend,
         state_dir,
@@ -233,7 +271,9 @@ def revoke(backend, state_dir: str, vms: list[dict], *, now: str, check_mode: bo
     for entry in vms:
         vm = _vm(state_dir, entry)
         result["changed"] |= transfer.remove_bundle(transfer.bundle_path(state_dir, vm.vmid, vm.vm_uuid), check_mode)
-    result["node"] = read_facts(backend, selections)
+    result["node"] = read_facts(backend, () if quote_nonce else selections)
+    if quote_nonce:
+        result["node"]["quotes"] = quote(backend, selections, quote_nonce)
     return result
 
 

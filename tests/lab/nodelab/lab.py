@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from nodelab.settings import (
 from nodelab.system import LabError, kill_all, mounts_under, processes_mentioning, run
 
 DEBIAN_ROOT = LAB_DIR.parent.parent / "scripts" / "debian-root"
+TESTS_DIR = LAB_DIR.parent
 # An empty cache: mmdebstrap downloads and unpacks about 150 packages (about 30 s).
 DEBIAN_ROOT_TIMEOUT = 600
 # Host directories the lab may have to create as mount points; recorded so the last `lab down` removes them.
@@ -138,6 +140,7 @@ class Lab:
             nodes = [Node(settings, index, trixie if index in debian13 else None) for index in range(1, count + 1)]
         for node in nodes:
             node.prepare_dirs()
+        ek_ca_dir = self._manufacture(nodes)
         self._write_keys(nodes, controller_public)
         self._write_cluster(nodes)
         changes = {node.name: node.ensure() for node in nodes}
@@ -149,6 +152,7 @@ class Lab:
             "host_address": settings.host_address,
             "tcti": TCTI,
             "cluster": CLUSTER,
+            "ek_ca_dir": str(ek_ca_dir),
             "controller_key": str(controller_key),
             "known_hosts": str(settings.controller_dir / "known_hosts"),
             "nodes": {
@@ -157,6 +161,20 @@ class Lab:
         }
         write_private(settings.state_file, json.dumps(state, indent=2) + "\n", 0o644)
         return {"removed": removed, "started": changes, "seconds": round(time.monotonic() - started, 2)}
+
+    def _manufacture(self, nodes: list[Node]) -> Path:
+        """The lab's EK CA (made once under the instance directory) and, for each node whose TPM has no state yet,
+        a TPM state with EK certificates from it, as a vendor ships one: its nodes enroll in ``ca`` mode
+        (docs/attestation.md). Returns the CA's trust directory (the controller's ironclaw_ek_ca_dir)."""
+        sys.path.insert(0, str(TESTS_DIR))
+        from rig.ekca import EkCa  # noqa: PLC0415 - the tests' EK CA rig, stdlib only
+
+        ca = EkCa("ironclaw-lab-vendor", root=self.settings.root / "ek-ca")
+        for node in nodes:
+            state = node.dir / "swtpm"
+            if not any(state.glob("tpm2-00.*")):
+                ca.manufacture(state)
+        return ca.trust_dir
 
     def _link_simulator(self) -> None:
         """The directory nodes see as /usr/local/sbin: qm and pvesh, linked to the simulator in this checkout."""
@@ -326,11 +344,14 @@ class Lab:
             "ironclaw_pve": True,
             "ironclaw_tcti": state["tcti"],
             "ironclaw_cluster": state["cluster"],
-            # The lab's swtpms carry no EK certificates (yet): its nodes enroll as tofu, which the migration
-            # scenarios then have to allow explicitly (docs/attestation.md).
-            "ironclaw_ek_trust": "tofu",
-            "ironclaw_allow_tofu_targets": True,
         }
+        if state.get("ek_ca_dir"):
+            # The lab's swtpms carry EK certificates from the lab's own CA: its nodes enroll in ca mode and are
+            # attested migration targets (docs/attestation.md).
+            variables.update(ironclaw_ek_trust="ca", ironclaw_ek_ca_dir=state["ek_ca_dir"])
+        else:
+            # A lab brought up before its TPMs had EK certificates: tofu, allowed as targets explicitly.
+            variables.update(ironclaw_ek_trust="tofu", ironclaw_allow_tofu_targets=True)
         lines.append("      vars:")
         # JSON scalars are YAML scalars: strings come out quoted, booleans as true/false.
         lines += [f"        {key}: {json.dumps(value)}" for key, value in variables.items()]
