@@ -36,6 +36,7 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.spec impor
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store import head as store_head
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store import lock as store_lock
 from ansible_collections.ironclaw.sealed.plugins.module_utils._store.node_record import NodeRecord, parse_node_record
+from rig import evidence
 
 CASES = int(os.environ.get("IRONCLAW_FUZZ_CASES", "10000"))
 SEED = int(os.environ.get("IRONCLAW_FUZZ_SEED") or int.from_bytes(os.urandom(4), "big"))
@@ -190,14 +191,16 @@ def _head() -> bytes:
 
 
 def _node_record() -> bytes:
+    srk_public = canonical.b64encode(b"\x00\x4e" + b"k" * 78)
     return NodeRecord(
         node="pve1",
         backend="tpm2",
         srk_name=SRK_NAME.hex(),
-        srk_public=canonical.b64encode(b"\x00\x4e" + b"k" * 78),
+        srk_public=srk_public,
         epoch_nv_index="0x01c10000",
         epoch_nv_name="000b" + "12" * 32,
         enrolled_at=CREATED,
+        attestation=evidence.attestation(SRK_NAME.hex(), srk_public),
     ).to_bytes()
 
 
