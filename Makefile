@@ -90,27 +90,18 @@ collection: | $(VENV_STAMP)
 	  || { echo "collection: docs/ee/execution-environment.yml installs no collection" >&2; exit 1; }; \
 	echo "collection: galaxy-importer, antsibull-docs, ansible-builder introspect and create passed"
 
-# ansible-test sanity across the controller matrix (scripts/sanity): the venv's
-# ansible-core (2.19, Python 3.11), the oldest requires_ansible allows
-# ($(SANITY_OLDEST) from PyPI on /usr/bin/python3, cached under .build/) and
-# the newest (2.21 on the Debian 13 root's Python 3.13, scripts/debian-root;
+# ansible-test sanity across the controller matrix (scripts/sanity): the
+# oldest ansible-core requires_ansible allows, the venv's 2.19 on Python 3.11,
+# and the newest, 2.21 on the Debian 13 root's Python 3.13 (scripts/debian-root;
 # needs root, skipped without it, saying why). Each on a copy of what git would
-# commit. The two extra runs go side by side, their output shown when both end;
-# any failure fails.
-SANITY_OLDEST ?= ansible-core~=2.17.0
-export SANITY_OLDEST
+# commit. 2.17 stays out: its sanity passes (`scripts/sanity oldest`), but the
+# playbooks fail on it (`"{{ x | default(none) }}"` renders as a string before
+# 2.19's templating), so requires_ansible stays >=2.19.0. About 60 s + 35 s.
 sanity: | $(VENV_STAMP)
 	scripts/sanity venv
-	@logs=$$(mktemp -d "$${TMPDIR:-/tmp}/ironclaw-sanity.XXXXXX"); trap 'rm -rf "$$logs"' EXIT; \
-	echo "scripts/sanity oldest & scripts/sanity newest"; \
-	scripts/sanity oldest >"$$logs/oldest" 2>&1 & oldest=$$!; \
-	newest=; \
-	if [ "$$(id -u)" = 0 ]; then scripts/sanity newest >"$$logs/newest" 2>&1 & newest=$$!; \
-	else echo "sanity: newest (2.21) skipped: scripts/debian-root needs root" >"$$logs/newest"; fi; \
-	rc=0; wait $$oldest || rc=1; \
-	if [ -n "$$newest" ]; then wait $$newest || rc=1; fi; \
-	for run in oldest newest; do echo "--- scripts/sanity $$run"; grep -v '^WARNING: .*locale' "$$logs/$$run" || true; done; \
-	exit $$rc
+	@if [ "$$(id -u)" != 0 ]; then echo "sanity: newest (2.21) skipped: scripts/debian-root needs root"; exit 0; fi; \
+	echo "scripts/sanity newest"; \
+	scripts/sanity newest 2>&1 | { grep -v '^WARNING: .*locale' || true; }
 
 # Three interpreters: the venv's, Debian 12's (PVE 8 nodes) and Debian 13's
 # (PVE 9 nodes: Python 3.13, python3-tpm2-pytss 2.3, python3-cryptography 43,
