@@ -2,11 +2,12 @@
 upgrade a cluster: the migrate playbook between a lab node on the host's Debian 12 and one running from a Debian 13
 root (tests/lab/lab up --debian13, built by scripts/debian-root: Python 3.13, python3-tpm2-pytss 2.3,
 python3-cryptography 43, swtpm 0.7.1, OpenSSH 10). On each node the sealed secret unseals to the same bytes, the
-verify playbook passes and the node's hookscript lets the VM start.
+verify playbook passes and the node's hookscript lets the VM start; at the end the VM is decommissioned.
 
 The playbooks run on the newest ansible-core the collection supports (2.21, which needs Python >= 3.12): from a
-venv on the Debian 13 root's Python 3.13 (``scripts/debian-root ansible``); the other tests cover the venv's
-ansible-core on Debian 12's Python 3.11.
+venv on the Debian 13 root's Python 3.13 (``scripts/debian-root ansible``): with the fixture's init and enroll,
+this module is the controller matrix's integration smoke on the newest ansible-core (init, enroll, provision,
+migrate, verify, decommission); the other tests cover the venv's ansible-core on Debian 12's Python 3.11.
 
 A lab instance of its own (iclabp, 10.213.9.0/24, 2 nodes: pve1 Debian 12, pve2 Debian 13).
 """
@@ -71,7 +72,9 @@ def rig(tmp_path_factory):
 
 def migrate(rig: Rig, source: int, target: int) -> str:
     nodes = ["-e", f"ironclaw_source=pve{source}", "-e", f"ironclaw_target=pve{target}"]
-    return rig.run("migrate", "-e", f"ironclaw_vmid={VMID}", *nodes, "-e", "ironclaw_migrate_vm=true")
+    # The lab's swtpms have no EK certificates: its nodes are enrolled tofu, which a migration allows only when told.
+    tofu = ["-e", "ironclaw_allow_tofu_targets=true"]
+    return rig.run("migrate", "-e", f"ironclaw_vmid={VMID}", *nodes, "-e", "ironclaw_migrate_vm=true", *tofu)
 
 
 def check_on(rig: Rig, node: int, version: int, secret: bytes) -> None:
@@ -112,3 +115,13 @@ def test_vm_migrates_from_debian12_to_debian13_node_and_back_unsealing_the_same_
     rig.lab.ssh(2, "echo written > /usr/local/share/iclabp-marker && cat /usr/local/share/iclabp-marker")
     root = rig.lab.node(2).recorded_root
     assert root and not (Path(root) / "usr" / "local" / "share" / "iclabp-marker").exists(), root
+
+    # The end of the smoke on ansible-core 2.21: the VM, running again on pve1, is shut down and deleted on
+    # request, its sealed state with it.
+    out = rig.run(
+        "decommission", "-e", f"ironclaw_vmid={VMID}", "-e", "destroy_stop_vm=true", "-e", "destroy_delete_vm=true"
+    )
+    assert "pve1 destroyed" in out, out[-3000:]
+    gone = rig.lab.ssh(1, f"test -e /var/lib/ironclaw/{VMID} && echo present || echo gone").stdout.strip()
+    assert gone == "gone", "the sealed state on pve1 was destroyed"
+    assert rig.lab.qm(1, "config", str(VMID), check=False).returncode != 0, "the VM itself was deleted (opt-in)"

@@ -103,6 +103,8 @@ def find_tool(name: str) -> str:
 
 def run_command(argv: list) -> tuple[int, str, str]:
     """The adapter's runner: an argument list, never a shell; English output whatever the locale."""
+    # Proxmox runs the hookscript, not Ansible: there is no AnsibleModule.run_command here.
+    # pylint: disable-next=ansible-bad-function
     proc = subprocess.run(  # noqa: S603 - qm/pvesh with the adapter's argument list
         argv,
         stdin=subprocess.DEVNULL,
