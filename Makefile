@@ -110,14 +110,18 @@ sanity: | $(VENV_STAMP)
 # package list changes) and runs the suite in, in namespaces that end with it.
 # That run needs root; without it it is skipped, saying why.
 # "No tests collected" (pytest exit code 5) fails here: the unit suite is never empty.
+# The venv runs the full fuzz smoke (10,000 mutations per parser) on 2 workers; Debian's interpreters, which
+# have no pytest-xdist, run 2,000 per parser: the parsers are the same code, and the seed printed makes any
+# failure reproducible under each.
+DEBIAN_FUZZ_CASES ?= 2000
 units: | $(VENV_STAMP)
-	$(PYTHON) -m pytest tests/unit -q --timeout=$(PYTEST_TIMEOUT)
-	$(DEBIAN_PYTHON) -m pytest tests/unit -q -p no:cacheprovider
+	$(PYTHON) -m pytest tests/unit -q -n 2 --timeout=$(PYTEST_TIMEOUT)
+	IRONCLAW_FUZZ_CASES=$(DEBIAN_FUZZ_CASES) $(DEBIAN_PYTHON) -m pytest tests/unit -q -p no:cacheprovider
 	@if [ "$$(id -u)" != 0 ]; then \
 	  echo "units: Debian 13 run skipped: scripts/debian-root needs root (mmdebstrap, chroot, namespaces)"; exit 0; \
 	fi; \
-	echo "scripts/debian-root run /usr/bin/python3 -m pytest tests/unit -q -p no:cacheprovider"; \
-	scripts/debian-root run /usr/bin/python3 -m pytest tests/unit -q -p no:cacheprovider
+	echo "scripts/debian-root run env IRONCLAW_FUZZ_CASES=$(DEBIAN_FUZZ_CASES) /usr/bin/python3 -m pytest tests/unit -q -p no:cacheprovider"; \
+	scripts/debian-root run env IRONCLAW_FUZZ_CASES=$(DEBIAN_FUZZ_CASES) /usr/bin/python3 -m pytest tests/unit -q -p no:cacheprovider
 
 # Playbooks against localhost (tests/integration) and the node lab (tests/lab:
 # namespace nodes with sshd, swtpm and the Proxmox CLI simulator; skipped,

@@ -147,7 +147,17 @@ def _group_for_workers(config, items) -> None:
         os.replace(tmp, target)
 
 
+FUZZ_SEED = "IRONCLAW_FUZZ_SEED"
+
+
 def pytest_configure(config):
+    # One fuzz seed for the whole run (tests/unit/test_fuzz_parsers.py), xdist workers included: drawn here, shown in
+    # the header, handed to each worker.
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get(FUZZ_SEED):
+        os.environ[FUZZ_SEED] = workerinput[FUZZ_SEED]
+    elif not os.environ.get(FUZZ_SEED):
+        os.environ[FUZZ_SEED] = str(int.from_bytes(os.urandom(4), "big"))
     if _distributed(config) and not hasattr(config, "workerinput") and config.getoption("dist") == "loadgroup":
         handle, name = tempfile.mkstemp(prefix="ironclaw-xdist-units-", suffix=".json")
         os.close(handle)
@@ -163,9 +173,16 @@ def pytest_unconfigure(config):
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     # xdist, on the controller: what each worker gets as config.workerinput.
+    node.workerinput[FUZZ_SEED] = os.environ[FUZZ_SEED]
     path = node.config.stash.get(_UNITS_FILE, None)
     if path is not None:
         node.workerinput[UNITS_INPUT] = str(path)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    # Shown under -q and with xdist (a worker's own output is not): the seed of a run that took the fuzz smoke.
+    if any("unit" in str(arg) or "fuzz" in str(arg) for arg in config.args):
+        terminalreporter.write_line(f"fuzz smoke seed {os.environ[FUZZ_SEED]} ({FUZZ_SEED}=<seed> repeats its cases)")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -197,18 +197,21 @@ class ActionModule(IronclawAction):
     def _sealed(self, args: dict) -> dict:
         """Seal and test-unseal on the node in one module run; files are read here, in memory."""
         _need(args, "identity", "secrets")
+        return self._seal_on_node(args, {key: args[key] for key in ("identity", "policy_key", "approval")})
+
+    def _seal_on_node(self, args: dict, what: dict) -> dict:
+        """The node's sealed step (one VM's ``identity``, or a fleet's ``vms``), with the secret files read here,
+        in memory, for that one module run only."""
         secrets = _read_secrets(args["secrets"])
         out = self._module(
             PROVISION_MODULE,
             {
                 **self._node_args(args),
                 "step": "sealed",
-                "identity": args["identity"],
+                **what,
                 "node_name": args["node_name"],
                 "cluster": args["cluster"],
                 "policy": args["policy"],
-                "policy_key": args["policy_key"],
-                "approval": args["approval"],
                 "secrets": secrets,
             },
         )
@@ -389,7 +392,6 @@ class ActionModule(IronclawAction):
         secret files are read here once, in memory."""
         vms = _fleet(args, "identity", "plan")
         _need(args, "secrets")
-        secrets = _read_secrets(args["secrets"])
         entries = [
             {
                 "identity": vm["identity"],
@@ -398,22 +400,7 @@ class ActionModule(IronclawAction):
             }
             for vm in vms
         ]
-        out = self._module(
-            PROVISION_MODULE,
-            {
-                **self._node_args(args),
-                "step": "sealed",
-                "vms": entries,
-                "node_name": args["node_name"],
-                "cluster": args["cluster"],
-                "policy": args["policy"],
-                "secrets": secrets,
-            },
-        )
-        del secrets
-        if not self._check:
-            reached("provision.sealed")
-        return out
+        return self._seal_on_node(args, {"vms": entries})
 
     def _fleet_recorded(self, args: dict) -> dict:
         """On the store host, under one hold of the store-head lock: each VM's next manifest version when its sealed

@@ -6,6 +6,8 @@ its state (as after a reboot) nothing is lost: the keyslot unseals, the epoch mo
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_tpm_backend import VM, Slot, provisioned
@@ -17,6 +19,20 @@ from ansible_collections.ironclaw.sealed.plugins.module_utils._node.backends imp
 from ansible_collections.ironclaw.sealed.plugins.module_utils._tpm.node import TpmNode
 
 pytestmark = pytest.mark.swtpm
+
+
+def _killed_at(counted, n: int, call) -> None:
+    """``call()`` with the TPM dying at its n-th command: a TpmError naming the TCTI, or (only when the cut falls on
+    the cleanup, flushing a session or a loaded object) no error since the work was done. The caller brings swtpm
+    back once its backend is closed."""
+    counted.counter.die_at(n, then=counted.swtpm.stop)
+    try:
+        call()
+    except TpmError as err:
+        message = str(err)
+        assert "could not be reached" in message and f"tcti '{counted.tcti}'" in message, (n, message)
+    else:
+        assert counted.counter.commands()[-1] == "FlushContext", (n, counted.counter.commands())
 
 
 def dies_at_each_command(counted, tmp_path, operation, keys):
@@ -37,16 +53,7 @@ def dies_at_each_command(counted, tmp_path, operation, keys):
         with open_backend("tpm2", tcti=counted.tcti, state_dir=state_dir) as again:
             slot.backend = again
             epoch = again.epoch()
-            counted.counter.die_at(n, then=counted.swtpm.stop)
-            try:
-                operation(again, slot)
-            except TpmError as err:
-                message = str(err)
-                assert "could not be reached" in message and f"tcti '{counted.tcti}'" in message, (n, message)
-            else:
-                # Only the cleanup (flushing a session or a loaded object) may be cut off without an error:
-                # the operation's work was done.
-                assert counted.counter.commands()[-1] == "FlushContext", (n, counted.counter.commands())
+            _killed_at(counted, n, functools.partial(operation, again, slot))
         counted.counter.die_at(None)
         counted.swtpm.start()  # from its state, as after a reboot
         with open_backend("tpm2", tcti=counted.tcti, state_dir=state_dir) as back:
@@ -93,14 +100,7 @@ def _fresh(counted, run):
     for n in range(1, total + 1):
         with TpmNode(counted.tcti) as node:
             node.epoch()
-            counted.counter.die_at(n, then=counted.swtpm.stop)
-            try:
-                run(node)
-            except TpmError as err:
-                message = str(err)
-                assert "could not be reached" in message and f"tcti '{counted.tcti}'" in message, (n, message)
-            else:
-                assert counted.counter.commands()[-1] == "FlushContext", (n, counted.counter.commands())
+            _killed_at(counted, n, functools.partial(run, node))
         counted.counter.die_at(None)
         counted.swtpm.start()
         yield n
