@@ -374,6 +374,24 @@ def test_tofu_target_is_refused_with_nothing_changed_then_allowed_explicitly(lab
     assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
 
 
+def test_tofu_target_is_allowed_by_its_own_inventory_variable_not_by_the_sources(lab, tmp_path):
+    """ironclaw_allow_tofu_targets as a node's inventory variable: set on the source it allows nothing (nothing
+    changed); set on the tofu target itself, that target receives the VM."""
+    lab.run("enroll", "-l", "nodeB", "-e", "ironclaw_ek_trust=tofu")
+    inventory = json.loads(lab.inventory.read_text())
+    hosts = inventory["all"]["children"]["ironclaw_nodes"]["hosts"]
+    hosts["nodeA"]["ironclaw_allow_tofu_targets"] = True
+    lab.inventory.write_text(json.dumps(inventory))
+    before = lab.snapshot()
+    done = migrate(lab, expect_fail=True)
+    assert "The target nodeB was enrolled with ironclaw_ek_trust=tofu" in done.stdout, done.stdout[-3000:]
+    assert lab.snapshot() == before
+    hosts["nodeB"]["ironclaw_allow_tofu_targets"] = True
+    lab.inventory.write_text(json.dumps(inventory))
+    migrate(lab)
+    assert unsealed(lab, "nodeB", tmp_path) == lab.plaintexts
+
+
 def test_tampered_target_record_stops_the_migration_with_nothing_changed(untouched_lab):
     """The target's signed record altered in the store (its SRK swapped for an attacker's key): refused, named."""
     record = untouched_lab.controller_dir / "store" / "nodes" / "nodeB.json"
