@@ -181,18 +181,17 @@ class ActionModule(IronclawAction):
         )
 
     def _quoted_pcrs(self, args: dict, node: dict, listing: dict, now) -> dict | None:
-        """The PCR binding of the approval: from the node's quote (identified), verified with the AK of its signed
-        record; a policy without PCRs binds none."""
-        quoted = node.get("pcr_quote")
-        if not quoted:
-            if node.get("pcrs"):
-                raise InputError("the node's PCR values come with a quote only (step identified, tpm2 backend)")
-            return None
-        record = verified_record(
-            listing["node_record"], controller_roots(args["controller_dir"], now), args["node_name"], now
-        )
-        nonce = canonical.b64decode(quoted["nonce"], "pcr_quote.nonce")
-        return quoted_pcrs.quoted_binding(record, quoted["selection"], nonce, quoted, args["node_name"])
+        """The PCR binding of the approval (the rule: quoted_pcrs.approval_binding); the node's signed record is
+        verified once per run, not once per VM of a fleet."""
+        record, envelope = None, listing["node_record"]
+        if node.get("pcr_quote"):
+            verified = vars(self).setdefault("_verified_records", [])
+            record = next((rec for env, rec in verified if env == envelope), None)
+            if record is None:
+                roots = controller_roots(args["controller_dir"], now)
+                record = verified_record(envelope, roots, args["node_name"], now)
+                verified.append((envelope, record))
+        return quoted_pcrs.approval_binding(node, record, args["node_name"])
 
     def _sealed(self, args: dict) -> dict:
         """Seal and test-unseal on the node in one module run; files are read here, in memory."""

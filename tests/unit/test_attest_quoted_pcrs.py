@@ -160,3 +160,12 @@ def test_provision_refuses_a_quote_whose_values_were_altered(ek_tpm, tmp_path):
     quoted["quote"]["pcr_values"]["sha256:16"] = "cd" * 32
     with pytest.raises(QuoteError):
         _provision_pcrs(ek_tpm.tcti, tmp_path, {"pcr_quote": quoted})
+
+
+def test_approval_binding_refuses_reported_values_and_binds_none_without_either():
+    """The rule itself (no TPM): PCR values a node reports without a quote are refused, naming the node; a result
+    with neither a quote nor values binds none."""
+    reported = {"pcrs": {"selection": SELECTION, "digest": "ab" * 32, "values": {}}}
+    with pytest.raises(InputError, match="pve1's PCR values come with a quote only"):
+        quoted_pcrs.approval_binding(reported, None, "pve1")
+    assert quoted_pcrs.approval_binding({"backend": "tpm2"}, None, "pve1") is None

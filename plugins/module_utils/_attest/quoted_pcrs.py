@@ -14,7 +14,7 @@ import secrets
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.proof import NONCE_SIZE
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.quote import verify_quote
 from ansible_collections.ironclaw.sealed.plugins.module_utils._attest.tpm_public import parse_tpm2b_public
-from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import QuoteError
+from ansible_collections.ironclaw.sealed.plugins.module_utils._common.errors import InputError, QuoteError
 from ansible_collections.ironclaw.sealed.plugins.module_utils._format import canonical
 from ansible_collections.ironclaw.sealed.plugins.module_utils._policy.pcrs import PcrSelection
 
@@ -54,3 +54,17 @@ def quoted_binding(record, selection: str, nonce: bytes, result: dict, node: str
         node,
     )
     return {"selection": str(parsed), "digest": info.pcr_digest.hex(), "values": quote["pcr_values"]}
+
+
+def approval_binding(facts: dict, record, node: str) -> dict | None:
+    """The PCR binding an approval takes from a node's step result: its quote (``pcr_quote``: selection, nonce and
+    the node's answer), verified with the AK of ``record``; PCR values the node reports without a quote bind
+    nothing and are refused; neither binds none. ``record`` (the node's verified NodeRecord) is needed only with a
+    quote."""
+    quoted = facts.get("pcr_quote")
+    if not quoted:
+        if facts.get("pcrs"):
+            raise InputError(f"{node}'s PCR values come with a quote only (step identified, tpm2 backend)")
+        return None
+    nonce = canonical.b64decode(quoted["nonce"], "pcr_quote.nonce")
+    return quoted_binding(record, quoted["selection"], nonce, quoted, node)
